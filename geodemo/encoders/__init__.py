@@ -1,0 +1,39 @@
+"""Image encoders: image -> embedding. A registry maps a name to a factory building the encoder lazily."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import torch
+from PIL import Image
+
+
+class Encoder(Protocol):
+    """Turns a batch of RGB PIL images into a (B, dim) float tensor of embeddings."""
+
+    name: str
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor: ...
+
+
+_FACTORIES: dict[str, Callable[[], Encoder]] = {}
+_CACHE: dict[str, Encoder] = {}
+
+
+def register_encoder(name: str, factory: Callable[[], Encoder]) -> None:
+    """Make `name` buildable by get_encoder; the factory runs on first use only."""
+    _FACTORIES[name] = factory
+
+
+def available_encoders() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_encoder(name: str) -> Encoder:
+    """The encoder registered as `name`, built once and cached."""
+    if name not in _FACTORIES:
+        raise KeyError(f"unknown image encoder {name!r}; registered: {available_encoders()}")
+    if name not in _CACHE:
+        _CACHE[name] = _FACTORIES[name]()
+    return _CACHE[name]

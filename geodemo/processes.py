@@ -1,0 +1,134 @@
+"""The three generative processes of PLONK: interpolant, regression target, sampler step, ODE field.
+
+Convention: gamma = 1 is data x0 (a unit vector), gamma ~ 0 is noise. Each process defines
+  * `interpolate(x0, noise, gamma)` -> (y, target): the noisy point and what the network regresses,
+  * `step(y, pred, gamma_now, gamma_next)`: one deterministic sampler update,
+  * `velocity(y, pred, gamma)`: dy/dgamma of the probability-flow ODE given the network output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from geodemo.sphere import geodesic_velocity, project, sample_uniform
+
+
+class Process:
+    """Base class: the pieces shared by the three processes."""
+
+    name: str = ""
+    on_sphere: bool = False
+    ode_end_gamma: float = 0.0
+    """Noise level where the likelihood ODE stops (0: at t = 1)."""
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Noise points of shape (*shape, 3): standard Gaussian in R^3."""
+        return torch.randn(*shape, 3, generator=generator, device=device, dtype=dtype)
+
+    def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def step(self, y: torch.Tensor, pred: torch.Tensor, gamma_now: torch.Tensor, gamma_next: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def velocity(self, y: torch.Tensor, pred: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def signal_and_noise(self, gamma: float) -> tuple[float, float]:
+        """(a, s) with y = a x0 + s n at noise level gamma (R^3 processes only)."""
+        raise NotImplementedError
+
+    def gamma_at_noise(self, sigma: float) -> float:
+        """The gamma at which the noise scale s equals sigma (R^3 processes only)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-point squared error averaged over the 3 coordinates: |pred - target|^2 / 3."""
+        return (pred - target).pow(2).mean(-1)
+
+
+class DiffusionR3(Process):
+    """Variance-preserving diffusion in R^3: y = sqrt(g) x0 + sqrt(1 - g) n; the network predicts n."""
+
+    name = "diffusion_r3"
+    ode_end_gamma = 1e-5
+    """The VP ODE is singular at gamma = 0; at 1e-5 the marginal is N(0, I) to ~1e-5 nats."""
+
+    def interpolate(self, x0, noise, gamma):
+        g = gamma.unsqueeze(-1)
+        return g.sqrt() * x0 + (1 - g).sqrt() * noise, noise
+
+    def step(self, y, pred, gamma_now, gamma_next):
+        """DDIM: x0_hat = clamp((y - sqrt(1-g) n_hat)/sqrt(g), -1, 1), n_hat recomputed from it,
+        y' = sqrt(g') x0_hat + sqrt(1-g') n_hat."""
+        x0_hat = ((y - torch.sqrt(1 - gamma_now) * pred) / torch.sqrt(gamma_now)).clamp(-1, 1)
+        n_hat = (y - torch.sqrt(gamma_now) * x0_hat) / torch.sqrt(1 - gamma_now)
+        return torch.sqrt(gamma_next) * x0_hat + torch.sqrt(1 - gamma_next) * n_hat
+
+    def velocity(self, y, pred, gamma):
+        """Probability-flow ODE of the VP process: dy/dg = y / (2g) - n_hat / (2 g sqrt(1 - g))."""
+        return y / (2 * gamma) - pred / (2 * gamma * torch.sqrt(1 - gamma))
+
+    def signal_and_noise(self, gamma):
+        return math.sqrt(gamma), math.sqrt(1 - gamma)
+
+    def gamma_at_noise(self, sigma):
+        return 1 - sigma**2
+
+
+class FlowR3(Process):
+    """Flow matching in R^3: y = g x0 + (1 - g) n; the network predicts the velocity x0 - n."""
+
+    name = "flow_r3"
+
+    def interpolate(self, x0, noise, gamma):
+        g = gamma.unsqueeze(-1)
+        return g * x0 + (1 - g) * noise, x0 - noise
+
+    def step(self, y, pred, gamma_now, gamma_next):
+        """Euler in gamma: y' = y + (g' - g) v."""
+        return y + (gamma_next - gamma_now) * pred
+
+    def velocity(self, y, pred, gamma):
+        return pred
+
+    def signal_and_noise(self, gamma):
+        return gamma, 1 - gamma
+
+    def gamma_at_noise(self, sigma):
+        return 1 - sigma
+
+
+class RiemannianFlowS2(Process):
+    """Riemannian flow matching on S^2: y = exp_n(g log_n(x0)) from uniform noise n; target dy/dg."""
+
+    name = "rfm_s2"
+    on_sphere = True
+
+    def initial_noise(self, shape, generator=None, device=None, dtype=torch.float32):
+        """Uniform points on S^2."""
+        return sample_uniform(shape, generator=generator, device=device, dtype=dtype)
+
+    def interpolate(self, x0, noise, gamma):
+        return geodesic_velocity(noise, x0, gamma)
+
+    def step(self, y, pred, gamma_now, gamma_next):
+        """Euler in R^3 then back to the sphere: y' = (y + (g' - g) v) / |y + (g' - g) v|."""
+        return project(y + (gamma_next - gamma_now) * pred)
+
+    def velocity(self, y, pred, gamma):
+        """dy/dg = v, the network output (the likelihood module makes it tangent to S^2)."""
+        return pred
+
+
+PROCESSES: dict[str, type[Process]] = {p.name: p for p in (RiemannianFlowS2, FlowR3, DiffusionR3)}
+
+
+def process_from_name(name: str) -> Process:
+    if name not in PROCESSES:
+        raise ValueError(f"unknown process {name!r}; choose one of {sorted(PROCESSES)}")
+    return PROCESSES[name]()
