@@ -37,3 +37,12 @@ def get_encoder(name: str) -> Encoder:
     if name not in _CACHE:
         _CACHE[name] = _FACTORIES[name]()
     return _CACHE[name]
+
+
+def _efficientnet_lite0() -> Encoder:
+    from geodemo.encoders.efficientnet import EfficientNetLite0Encoder
+
+    return EfficientNetLite0Encoder()
+
+
+register_encoder("efficientnet_lite0", _efficientnet_lite0)

