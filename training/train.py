@@ -278,6 +278,9 @@ class Trainer:
                 self.position.batch += 1
                 bar.update(1)
                 if self.position.step % cfg.log_every == 0 or self.position.step == stop:
+                    if rt.world_size > 1:
+                        dist.all_reduce(window_loss)
+                        window_loss /= rt.world_size
                     elapsed = time.perf_counter() - window_start
                     row = {"step": self.position.step, "epoch": self.position.epoch,
                            "loss": float(window_loss) / window_steps, "lr": self.scheduler.get_last_lr()[0],
