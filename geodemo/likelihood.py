@@ -67,6 +67,44 @@ def _solve(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torc
     return state1[..., :3], state1[..., 3]
 
 
+def ode_field(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, guidance: float,
+              on_sphere: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """dy/dt = gamma'(t) v(y, gamma(t)); with on_sphere, v is taken at y/|y| and projected on the tangent plane."""
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, dgamma = schedule.gamma(t), schedule.dgamma(t)
+        point = project(y) if on_sphere else y
+        pred = guided_prediction(network, point, gamma.expand(y.shape[0]), emb, guidance)
+        v = process.velocity(point, pred, gamma)
+        return dgamma * (project_tangent(point, v) if on_sphere else v)
+
+    return field
+
+
+@torch.no_grad()
+def r3_log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, y: torch.Tensor,
+                   t_start: float, guidance: float = 0.0, method: str = "dopri5", atol: float = 1e-5,
+                   rtol: float = 1e-5, steps: int | None = None) -> torch.Tensor:
+    """log p_t(y) in R^3 (B, M) of an R^3 process at t = t_start: Gaussian base N(0, I) at the noise end."""
+    field = ode_field(network, process, schedule, emb.to(y.dtype), guidance, on_sphere=False)
+    t_end = t_at_gamma(schedule, process.ode_end_gamma) if process.ode_end_gamma > 0 else 1.0
+    y1, int_div = _solve(field, y, t_start, t_end, method, atol, rtol, steps)
+    return -0.5 * y1.pow(2).sum(-1) - 1.5 * math.log(2 * math.pi) + int_div
+
+
+def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float, nodes: int
+                      ) -> tuple[float, np.ndarray, np.ndarray]:
+    """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k): Gauss-Hermite nodes around the
+    signal scale a with the noise scale s at the noise level where s = radial_sigma (y = a x0 + s n)."""
+    t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
+    a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
+    x, w = np.polynomial.hermite.hermgauss(nodes)
+    radii = a + math.sqrt(2) * s * x
+    log_w = np.log(w) + x**2 + math.log(math.sqrt(2) * s)
+    keep = radii > 0
+    return t_start, radii[keep], log_w[keep]
+
+
 @torch.no_grad()
 def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, xyz: torch.Tensor,
                 guidance: float = 0.0, mode: Mode = "riemannian", method: str = "dopri5", atol: float = 1e-5,
@@ -86,44 +124,28 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
         raise ValueError("the 'ambient' mode exists only for the Riemannian flow on S^2")
     if not torch.isfinite(xyz).all():
         raise ValueError("coordinates contain NaN or infinite values")
-    dtype = xyz.dtype
-    emb = emb.to(dtype)
-    project_field = process.on_sphere and mode == "riemannian"
-
-    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gamma, dgamma = schedule.gamma(t), schedule.dgamma(t)
-        point = project(y) if project_field else y
-        pred = guided_prediction(network, point, gamma.expand(y.shape[0]), emb, guidance)
-        v = process.velocity(point, pred, gamma)
-        return dgamma * (project_tangent(point, v) if project_field else v)
+    emb = emb.to(xyz.dtype)
 
     if process.on_sphere:
-        return _chunked(lambda pts: _sphere_log_density(field, pts, method, atol, rtol, steps), xyz, chunk_size)
+        field = ode_field(network, process, schedule, emb, guidance, on_sphere=mode == "riemannian")
 
-    t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
-    t_end = t_at_gamma(schedule, process.ode_end_gamma) if process.ode_end_gamma > 0 else 1.0
-    g_start = float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64)))
-    a, s = process.signal_and_noise(g_start)
-    nodes, weights = np.polynomial.hermite.hermgauss(radial_nodes)
-    radii = torch.as_tensor(a + math.sqrt(2) * s * nodes, dtype=dtype, device=xyz.device)
-    log_w = torch.as_tensor(np.log(weights) + nodes**2 + math.log(math.sqrt(2) * s), dtype=dtype, device=xyz.device)
-    keep = radii > 0
-    radii, log_w = radii[keep], log_w[keep]
+        def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
+            _, int_div = _solve(field, pts, 0.0, 1.0, method, atol, rtol, steps)
+            return int_div - LOG_SPHERE_AREA
+
+        return _chunked(sphere_log_density, xyz, chunk_size)
+
+    t_start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, radial_nodes)
+    radii = torch.as_tensor(radii_np, dtype=xyz.dtype, device=xyz.device)
+    log_w = torch.as_tensor(log_w_np, dtype=xyz.dtype, device=xyz.device)
+    k = radii.numel()
 
     def ray_log_density(pts: torch.Tensor) -> torch.Tensor:
-        k = radii.numel()
         rays = (pts.unsqueeze(2) * radii.view(1, 1, k, 1)).reshape(pts.shape[0], -1, 3)
-        y1, int_div = _solve(field, rays, t_start, t_end, method, atol, rtol, steps)
-        log_base = -0.5 * y1.pow(2).sum(-1) - 1.5 * math.log(2 * math.pi)
-        log_r3 = (log_base + int_div).reshape(pts.shape[0], -1, k)
-        return torch.logsumexp(log_r3 + 2 * radii.log() + log_w, dim=-1)
+        log_r3 = r3_log_density(network, process, schedule, emb, rays, t_start, guidance, method, atol, rtol, steps)
+        return torch.logsumexp(log_r3.reshape(pts.shape[0], -1, k) + 2 * radii.log() + log_w, dim=-1)
 
-    return _chunked(ray_log_density, xyz, max(1, chunk_size // radii.numel()))
-
-
-def _sphere_log_density(field, pts, method, atol, rtol, steps) -> torch.Tensor:
-    _, int_div = _solve(field, pts, 0.0, 1.0, method, atol, rtol, steps)
-    return int_div - LOG_SPHERE_AREA
+    return _chunked(ray_log_density, xyz, max(1, chunk_size // k))
 
 
 def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], xyz: torch.Tensor, chunk_size: int) -> torch.Tensor:

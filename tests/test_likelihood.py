@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import random_network
+from geodemo.grids import integrate, latlon_grid
+from geodemo.likelihood import field_and_divergence, log_density, ode_field, r3_log_density, t_at_gamma
+from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
+from geodemo.schedules import SigmoidSchedule
+from geodemo.sphere import latlon_to_xyz, project
+
+SCHEDULE = SigmoidSchedule()
+
+
+class LinearField(nn.Module):
+    """An exact denoiser for Gaussian data x0 ~ N(0, s0^2 I): the output is c(gamma) y."""
+
+    def __init__(self, process: str, s0: float):
+        super().__init__()
+        self.process, self.s0 = process, s0
+
+    def variance(self, g: torch.Tensor) -> torch.Tensor:
+        if self.process == "flow_r3":
+            return g**2 * self.s0**2 + (1 - g) ** 2
+        return g * self.s0**2 + (1 - g)
+
+    def forward(self, y, gamma, emb):
+        g = gamma.view(-1, 1, 1).to(y.dtype)
+        if self.process == "flow_r3":  # E[x0 - n | y] = (g s0^2 - (1 - g)) / v(g) y
+            coef = (g * self.s0**2 - (1 - g)) / self.variance(g)
+        else:  # E[n | y] = sqrt(1 - g) / v(g) y
+            coef = torch.sqrt(1 - g) / self.variance(g)
+        return coef * y
+
+
+def test_divergence_equals_the_trace_of_the_jacobian_float64():
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=1).double()
+    emb, y = torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)
+    gamma = torch.tensor([0.4, 0.8], dtype=torch.float64)
+    field = lambda pts: net(pts, gamma, emb)  # noqa: E731
+    out, div = field_and_divergence(field, y)
+    assert torch.allclose(out, field(y))
+    for b in range(2):
+        for m in range(5):
+            jac = torch.autograd.functional.jacobian(lambda p: net(p.view(1, 1, 3), gamma[b:b + 1], emb[b:b + 1]).view(3),
+                                                     y[b, m])
+            assert div[b, m].item() == pytest.approx(torch.trace(jac).item(), rel=1e-10, abs=1e-12)
+
+
+def test_projected_field_divergence_is_the_divergence_on_the_sphere():
+    """div_S2 (P G) = tr(P J_G) - 2 <x, G> for any ambient field G; checked against autograd in float64."""
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=2).double()
+    emb = torch.randn(1, 8, dtype=torch.float64)
+    x = project(torch.randn(1, 20, 3, dtype=torch.float64))
+    t = torch.tensor(0.6, dtype=torch.float64)
+    field = ode_field(net, RiemannianFlowS2(), SCHEDULE, emb, 0.0, on_sphere=True)
+    _, div = field_and_divergence(lambda pts: field(t, pts), x)
+    g, dg = SCHEDULE.gamma(t), SCHEDULE.dgamma(t)
+    for m in range(20):
+        p = x[0, m]
+        raw = lambda q: net(q.view(1, 1, 3), g.view(1), emb).view(3)  # noqa: E731
+        jac = torch.autograd.functional.jacobian(raw, p)
+        proj = torch.eye(3, dtype=torch.float64) - torch.outer(p, p)
+        expected = dg * (torch.trace(proj @ jac) - 2 * (p @ raw(p)))
+        assert div[0, m].item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-10)
+
+
+def test_zero_field_gives_the_uniform_density():
+    net = random_network(seed=3)
+    nn.init.zeros_(net.final_linear.weight)
+    nn.init.zeros_(net.final_linear.bias)
+    xyz = project(torch.randn(1, 30, 3))
+    logp = log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz)
+    assert torch.allclose(logp, torch.full_like(logp, -math.log(4 * math.pi)), atol=1e-6)
+
+
+def test_riemannian_density_of_a_random_network_integrates_to_one():
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.5)
+    grid = latlon_grid(8.0)
+    xyz = latlon_to_xyz(grid.latlon).float().unsqueeze(0)
+    emb = torch.randn(1, 8)
+    logp = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, method="rk4", steps=32)
+    assert logp.std() > 1.0  # far from uniform, so the check below is not trivial
+    assert integrate(logp.double().view(grid.shape), grid.solid_angle).item() == pytest.approx(1.0, abs=0.02)
+    adaptive = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, atol=1e-6, rtol=1e-6)
+    assert torch.allclose(adaptive, logp[:, ::50], atol=1e-2)  # RK4 with 32 steps vs dopri5
+    ambient = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, mode="ambient")
+    assert not torch.allclose(ambient, adaptive, atol=1e-2)
+
+
+@pytest.mark.parametrize("process,s0", [(FlowR3(), 0.5), (DiffusionR3(), 0.5), (FlowR3(), 1.3)],
+                         ids=["flow-0.5", "diffusion-0.5", "flow-1.3"])
+def test_r3_density_matches_the_gaussian_marginal(process, s0):
+    net = LinearField(process.name, s0)
+    t_start = t_at_gamma(SCHEDULE, 0.7)
+    y = torch.randn(1, 40, 3, dtype=torch.float64) * 1.5
+    logp = r3_log_density(net, process, SCHEDULE, torch.zeros(1, 8, dtype=torch.float64), y, t_start,
+                          atol=1e-9, rtol=1e-9)
+    v = net.variance(torch.tensor(0.7, dtype=torch.float64))
+    expected = -0.5 * y.pow(2).sum(-1) / v - 1.5 * torch.log(2 * math.pi * v)
+    assert torch.allclose(logp, expected, atol=1e-4)
+
+
+def test_bad_inputs_are_refused():
+    net = random_network()
+    xyz = torch.tensor([[[float("nan"), 0.0, 1.0]]])
+    with pytest.raises(ValueError, match="NaN"):
+        log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz)
+    with pytest.raises(ValueError, match="ambient"):
+        log_density(net, FlowR3(), SCHEDULE, torch.randn(1, 8), project(torch.randn(1, 2, 3)), mode="ambient")
