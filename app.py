@@ -1,0 +1,199 @@
+"""geodemo's Gradio app: drop an image, watch the samples land on a 3D globe, then read the log-density map.
+
+Thin UI wiring only: the computations live in geodemo (interactive, summary, plotting, images).
+Run: python app.py [--model NAME_OR_FOLDER] [--port N] [--share] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import plotly
+import torch
+
+from geodemo.images import ImageError, load_image
+from geodemo.interactive import (LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request, density_stages,
+                                 make_catalogue, sample_image, sample_log_density)
+from geodemo.plotting import density_map_figure, globe_figure, render_png
+from geodemo.summary import sample_rows, summarize, to_csv, to_geojson
+
+try:  # ZeroGPU Spaces: run the heavy function on a GPU lent per call
+    import spaces
+
+    on_gpu = spaces.GPU(duration=60)
+except ImportError:
+    def on_gpu(fn):
+        return fn
+
+log = logging.getLogger("geodemo.app")
+ROOT = Path(__file__).resolve().parent
+EXAMPLES_DIR = ROOT / "assets" / "examples"
+PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+GLOBE_HEIGHT = 560
+GLOBE_TEMPLATE = f'<div class="geodemo-globe" style="width:100%;height:{GLOBE_HEIGHT}px"></div>'
+GLOBE_JS = """
+function draw() {
+  const target = element.querySelector('.geodemo-globe');
+  if (!target || !props.value) { return; }
+  if (!window.Plotly) { setTimeout(draw, 100); return; }
+  const fig = JSON.parse(props.value);
+  window.Plotly.react(target, {data: fig.data, layout: fig.layout, frames: fig.frames || [],
+                               config: {responsive: true, displaylogo: false}});
+}
+watch('value', draw);
+draw();
+"""
+INTRO = """# geodemo — where on Earth was this taken?
+Generative geolocation after PLONK (CVPR 2025): the model *samples* locations by denoising random points
+onto the globe. Press ▶ on the globe to watch them land; the map then shows the exact log-density.
+The shipped `default` model reads **views of the Earth from space** (it was trained on satellite-style
+views, not on photos); the official PLONK photo models load from the Hugging Face hub when reachable."""
+
+
+def image_path_of(payload) -> str | None:
+    """The uploaded file's path from a raw gr.Image payload (the event runs with preprocess=False, so the file
+    reaches geodemo.images untouched: its checks give the error messages and EXIF GPS is kept)."""
+    if payload is None:
+        return None
+    if isinstance(payload, str):
+        return payload
+    if isinstance(payload, dict) and payload.get("path"):
+        return str(payload["path"])
+    raise gr.Error("The image did not arrive as a file; please upload it again.")
+
+
+def example_images() -> list[str]:
+    if not EXAMPLES_DIR.is_dir():
+        return []
+    return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
+               default_model: str | None = None) -> gr.Blocks:
+    """The Blocks app. Models are loaded on first use and shared read-only between users."""
+    catalogue = catalogue or make_catalogue()
+    models = ModelCache(catalogue, device=device)
+    default_model = default_model if default_model in catalogue.names else catalogue.default()
+    gr.set_static_paths([str(PLOTLY_JS.parent)])
+    globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
+
+    @on_gpu
+    def locate(image, model_name, guidance, steps, num_samples, seed, exact_density, progress=gr.Progress()):
+        """One request: samples + globe first, then the log-density map refined in stages."""
+        started = time.perf_counter()
+        image_path = image_path_of(image)
+        if not image_path:
+            raise gr.Error("Please add an image first (upload, paste or drag one onto the image box).")
+        try:
+            request = check_request(num_samples, steps, guidance, seed)
+            loaded = load_image(image_path)
+            progress(0.05, desc=f"Loading model {model_name}")
+            pipe = models.get(model_name)
+            progress(0.15, desc="Encoding the image")
+            embedding = pipe.embed(loaded.image)
+            progress(0.3, desc=f"Sampling {request.num_samples} locations in {request.steps} steps")
+            prediction = sample_image(pipe, embedding, request)
+        except (ImageError, ModelUnavailable, ValueError) as err:
+            raise gr.Error(str(err)) from None
+        samples = prediction.latlon[0].double()
+        truth = loaded.gps
+        summary = summarize(samples, truth=truth)
+        globe = globe_figure(prediction.trajectories_xyz[0], samples, truth=truth, best_guess=summary.best_guess,
+                             process_name=pipe.process.name, seed=request.seed)
+        files = write_downloads(sample_rows(samples), summary)
+        state = {"model": model_name, "samples": samples.tolist(), "truth": truth, "stage": "samples"}
+        log.info("samples + globe in %.2f s", time.perf_counter() - started)
+        yield globe.to_json(), gr.skip(), summary.to_markdown(), *files, state
+        if not exact_density:
+            fig = density_map_figure(None, samples, truth=truth, best_guess=summary.best_guess,
+                                     title="Samples (exact log-density map switched off)")
+            yield gr.skip(), render_png(fig), gr.skip(), gr.skip(), gr.skip(), state
+            return
+        try:
+            progress(0.45, desc="Log-density of the samples (for the best guess)")
+            logp = sample_log_density(pipe, embedding, samples, request.guidance)
+            for level, cells in enumerate(density_stages(pipe, embedding, samples, request.guidance)):
+                progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
+                summary = summarize(samples, logp, cells, truth=truth)
+                title = (f"log p(location | image), {cells.evaluations} evaluations "
+                         f"({'coarse grid' if level == 0 else f'refinement {level}'})")
+                fig = density_map_figure(cells, samples, truth=truth, best_guess=summary.best_guess, title=title)
+                files = write_downloads(sample_rows(samples, logp), summary)
+                state = {**state, "stage": f"density level {level}", "evaluations": cells.evaluations}
+                yield gr.skip(), render_png(fig), summary.to_markdown(), *files, state
+        except ValueError as err:
+            raise gr.Error(f"The log-density could not be computed: {err}") from None
+        log.info("request complete in %.2f s", time.perf_counter() - started)
+
+    def describe(model_name):
+        return catalogue.describe(model_name) if model_name in catalogue.names else f"Unknown model {model_name!r}."
+
+    with gr.Blocks(title="geodemo — generative geolocation") as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                image = gr.Image(label="Image (upload, paste or drag & drop)", type="filepath",
+                                 sources=["upload", "clipboard"], height=300)
+                examples = example_images()
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image], label="Examples", examples_per_page=12)
+                model = gr.Dropdown(choices=catalogue.names, value=default_model, label="Model",
+                                    allow_custom_value=True)
+                model_info = gr.Markdown(describe(default_model) if default_model else "No model found.")
+                guidance = gr.Slider(*LIMITS["guidance"], value=2.0, step=0.1, label="Guidance scale w",
+                                     info="0 = plain conditional model; larger = sharper, less diverse")
+                steps = gr.Slider(*LIMITS["steps"], value=32, step=1, label="Sampler steps")
+                num_samples = gr.Slider(16, 1024, value=256, step=16, label="Number of samples")
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1], label="Seed")
+                exact_density = gr.Checkbox(value=True, label="Exact log-density map (progressive, a few seconds)")
+                run = gr.Button("Locate", variant="primary")
+            with gr.Column(scale=2, min_width=480):
+                globe = gr.HTML(value=globe_figure().to_json(), html_template=GLOBE_TEMPLATE, js_on_load=GLOBE_JS,
+                                head=globe_head, elem_id="globe", min_height=GLOBE_HEIGHT)
+                density_map = gr.Image(label="Log-density map", type="pil", interactive=False, elem_id="density-map",
+                                       format="png")
+                summary = gr.Markdown(elem_id="summary")
+                with gr.Row():
+                    csv_file = gr.File(label="Samples (CSV)", elem_id="csv-file")
+                    geojson_file = gr.File(label="Samples (GeoJSON)", elem_id="geojson-file")
+        state = gr.State()
+        model.change(describe, inputs=model, outputs=model_info, api_name=False)
+        run.click(locate, inputs=[image, model, guidance, steps, num_samples, seed, exact_density],
+                  outputs=[globe, density_map, summary, csv_file, geojson_file, state], api_name="locate",
+                  concurrency_limit=2, preprocess=False)
+    return demo
+
+
+def write_downloads(rows: list[dict], summary) -> tuple[str, str]:
+    """Write the samples as CSV and GeoJSON into a fresh folder for this request; return both paths."""
+    folder = Path(tempfile.mkdtemp(prefix="geodemo-"))
+    csv_path, geojson_path = folder / "samples.csv", folder / "samples.geojson"
+    csv_path.write_text(to_csv(rows))
+    geojson_path.write_text(to_geojson(rows, summary))
+    return str(csv_path), str(geojson_path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="geodemo: generative visual geolocation in the browser")
+    parser.add_argument("--model", default=None, help="model shown first: an embedded name, a hub id or a folder")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but no CUDA GPU is visible")
+    demo = build_demo(make_catalogue(args.model), device=args.device, default_model=args.model and (
+        Path(args.model).name if Path(args.model).is_dir() else args.model))
+    demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name=args.host, server_port=args.port,
+                                                                share=args.share)

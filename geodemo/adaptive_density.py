@@ -1,0 +1,165 @@
+"""Progressive log-density maps: a coarse global grid first, then refine only the cells that hold the mass.
+
+Cells are lat/lon rectangles; the log-density log p (nats per steradian) is evaluated at each cell's
+centre and taken as constant over the cell, so a cell holds mass exp(log p) * Omega with
+Omega = (lon1 - lon0) (sin lat1 - sin lat0). Each refinement splits into 2 x 2 children the cells
+that together hold `mass_fraction` of the mass, plus the cells that contain a sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz
+
+LogDensityFn = Callable[[torch.Tensor], torch.Tensor]
+"""(M, 2) degrees -> (M,) log p in nats per steradian."""
+
+
+@dataclass
+class DensityCells:
+    """Leaf cells of the adaptive grid: bounds (K, 4) = (lat0, lat1, lon0, lon1) degrees and log p (K,) at centres."""
+
+    bounds: torch.Tensor
+    log_density: torch.Tensor
+    level: torch.Tensor  # (K,) refinement depth of each cell, 0 = coarse
+    evaluations: int = 0  # log-density evaluations spent so far
+
+    @property
+    def centres(self) -> torch.Tensor:
+        """(K, 2) degrees."""
+        lat0, lat1, lon0, lon1 = self.bounds.unbind(-1)
+        return torch.stack(((lat0 + lat1) / 2, (lon0 + lon1) / 2), dim=-1)
+
+    @property
+    def solid_angle(self) -> torch.Tensor:
+        """(K,) steradians: (lon1 - lon0) (sin lat1 - sin lat0)."""
+        lat0, lat1, lon0, lon1 = torch.deg2rad(self.bounds).unbind(-1)
+        return (lon1 - lon0) * (lat1.sin() - lat0.sin())
+
+    @property
+    def log_mass(self) -> torch.Tensor:
+        """(K,) log of the mass of each cell, log p + log Omega."""
+        return self.log_density + self.solid_angle.log()
+
+    def total_mass(self) -> float:
+        """Integral of exp(log p) over the sphere by this grid (1 for a normalised density)."""
+        return float(torch.logsumexp(self.log_mass, dim=0).exp())
+
+    def probabilities(self) -> torch.Tensor:
+        """(K,) share of the total mass held by each cell."""
+        return torch.softmax(self.log_mass, dim=0)
+
+    def rasterize(self, resolution_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lats (H,), lons (W,), log p (H, W)) on a regular grid of pixel centres: each pixel takes the
+        value of the cell containing its centre."""
+        n_lat, n_lon = round(180 / resolution_deg), round(360 / resolution_deg)
+        lats = -90 + (np.arange(n_lat) + 0.5) * 180 / n_lat
+        lons = -180 + (np.arange(n_lon) + 0.5) * 360 / n_lon
+        image = np.full((n_lat, n_lon), np.nan)
+        bounds = self.bounds.numpy()
+        rows0, rows1 = np.searchsorted(lats, bounds[:, 0]), np.searchsorted(lats, bounds[:, 1])
+        cols0, cols1 = np.searchsorted(lons, bounds[:, 2]), np.searchsorted(lons, bounds[:, 3])
+        values = self.log_density.numpy()
+        for k in np.argsort(bounds[:, 1] - bounds[:, 0])[::-1]:  # coarse first, fine cells drawn over them
+            image[rows0[k]:rows1[k], cols0[k]:cols1[k]] = values[k]
+        return lats, lons, image
+
+    def mass_within(self, centre_latlon: torch.Tensor, radius_km: float) -> torch.Tensor:
+        """(C,) share of the mass in cells whose centre lies within radius_km of each (C, 2) centre."""
+        angle = angle_between(latlon_to_xyz(centre_latlon.double()).unsqueeze(1),
+                              latlon_to_xyz(self.centres.double()).unsqueeze(0))
+        inside = angle * EARTH_RADIUS_KM <= radius_km
+        return (inside.double() * self.probabilities().unsqueeze(0)).sum(dim=1)
+
+
+def coarse_cells(resolution_deg: float) -> torch.Tensor:
+    """(K, 4) bounds of a near-equal-area grid: latitude bands resolution_deg high, each cut into
+    round(360 cos(lat) / resolution_deg) longitude cells (at least 1), so polar cells are not tiny."""
+    n_lat = max(1, round(180 / resolution_deg))
+    edges = np.linspace(-90, 90, n_lat + 1)
+    rows = []
+    for lat0, lat1 in zip(edges[:-1], edges[1:]):
+        n_lon = max(3, round(360 * math.cos(math.radians((lat0 + lat1) / 2)) / resolution_deg))
+        lon_edges = np.linspace(-180, 180, n_lon + 1)
+        rows.append(np.stack([np.full(n_lon, lat0), np.full(n_lon, lat1), lon_edges[:-1], lon_edges[1:]], axis=1))
+    return torch.from_numpy(np.concatenate(rows)).double()
+
+
+def split_cells(bounds: torch.Tensor) -> torch.Tensor:
+    """(K, 4) cells -> (4K, 4) children: each cell halved in latitude and in longitude."""
+    lat0, lat1, lon0, lon1 = bounds.unbind(-1)
+    lat_mid, lon_mid = (lat0 + lat1) / 2, (lon0 + lon1) / 2
+    children = [
+        torch.stack(b, dim=-1)
+        for b in ((lat0, lat_mid, lon0, lon_mid), (lat0, lat_mid, lon_mid, lon1),
+                  (lat_mid, lat1, lon0, lon_mid), (lat_mid, lat1, lon_mid, lon1))
+    ]
+    return torch.cat(children, dim=0)
+
+
+def cells_containing(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: which cells contain at least one of the (N, 2) points."""
+    lat, lon = latlon.double()[:, 0], latlon.double()[:, 1]
+    lat0, lat1, lon0, lon1 = bounds.unbind(-1)
+    inside = ((lat[None] >= lat0[:, None]) & (lat[None] <= lat1[:, None])
+              & (lon[None] >= lon0[:, None]) & (lon[None] <= lon1[:, None]))
+    return inside.any(dim=1)
+
+
+def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Tensor | None,
+                    max_cells: int) -> torch.Tensor:
+    """(K,) bool: the fewest cells holding mass_fraction of the mass, plus cells containing samples;
+    at most max_cells of them, largest mass first."""
+    log_mass = cells.log_mass
+    order = torch.argsort(log_mass, descending=True)
+    cumulative = torch.cumsum(torch.softmax(log_mass[order], dim=0), dim=0)
+    n_top = int(torch.searchsorted(cumulative, torch.tensor([mass_fraction], dtype=cumulative.dtype))) + 1
+    chosen = torch.zeros(len(log_mass), dtype=torch.bool)
+    chosen[order[:n_top]] = True
+    if samples is not None and len(samples):
+        chosen |= cells_containing(cells.bounds, samples)
+    if int(chosen.sum()) > max_cells:
+        ranked = order[chosen[order]]
+        chosen = torch.zeros_like(chosen)
+        chosen[ranked[:max_cells]] = True
+    return chosen
+
+
+def progressive_density(log_density_fn: LogDensityFn, coarse_deg: float = 10.0, levels: int = 2,
+                        mass_fraction: float = 0.95, samples: torch.Tensor | None = None,
+                        max_cells_per_level: int = 256) -> Iterator[DensityCells]:
+    """Yield the density on a coarse grid, then after each of `levels` refinements of the cells that hold
+    `mass_fraction` of the mass (and of the cells containing `samples`, (N, 2) degrees)."""
+    bounds = coarse_cells(coarse_deg)
+    cells = DensityCells(bounds, _evaluate(log_density_fn, bounds), torch.zeros(len(bounds), dtype=torch.long),
+                         evaluations=len(bounds))
+    yield cells
+    for _ in range(levels):
+        refine = cells_to_refine(cells, mass_fraction, samples, max_cells_per_level)
+        if not refine.any():
+            return
+        children = split_cells(cells.bounds[refine])
+        child_logp = _evaluate(log_density_fn, children)
+        child_level = cells.level[refine].repeat(4) + 1
+        cells = DensityCells(
+            bounds=torch.cat((cells.bounds[~refine], children)),
+            log_density=torch.cat((cells.log_density[~refine], child_logp)),
+            level=torch.cat((cells.level[~refine], child_level)),
+            evaluations=cells.evaluations + len(children),
+        )
+        yield cells
+
+
+def _evaluate(log_density_fn: LogDensityFn, bounds: torch.Tensor) -> torch.Tensor:
+    lat0, lat1, lon0, lon1 = bounds.unbind(-1)
+    centres = torch.stack(((lat0 + lat1) / 2, (lon0 + lon1) / 2), dim=-1)
+    logp = torch.as_tensor(log_density_fn(centres), dtype=torch.float64).reshape(-1)
+    if logp.shape[0] != centres.shape[0]:
+        raise ValueError(f"log_density_fn returned {logp.shape[0]} values for {centres.shape[0]} points")
+    return logp

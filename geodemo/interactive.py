@@ -1,0 +1,199 @@
+"""What the app and the CLI share: the model catalogue, request checks, and one request's computations.
+
+A request flows image -> embedding -> samples with trajectories -> (progressively) log-densities of the
+samples and of an adaptive grid -> summary. Nothing here keeps per-request state between calls; the
+only shared state is the cache of loaded models, filled under a lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from geodemo.adaptive_density import DensityCells, progressive_density
+from geodemo.checkpoint import read_info
+from geodemo.pipeline import GeoPipeline, Prediction, load
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+HUB_MODELS = (
+    "nicolas-dufour/PLONK_YFCC",
+    "nicolas-dufour/PLONK_OSV_5M",
+    "nicolas-dufour/PLONK_iNaturalist",
+    "nicolas-dufour/PLONK_YFCC_diffusion",
+    "nicolas-dufour/PLONK_OSV_5M_diffusion",
+)
+PROCESS_LABELS = {
+    "rfm_s2": "Riemannian flow matching on the sphere: points start uniform on the globe and slide along its surface",
+    "flow_r3": "Flow matching in R³: points start as Gaussian noise in space and fly onto the globe",
+    "diffusion_r3": "Diffusion in R³ (DDIM sampler): points start as Gaussian noise in space and fly onto the globe",
+}
+LIMITS = {"num_samples": (1, 4096), "steps": (1, 250), "guidance": (0.0, 10.0), "seed": (0, 2**31 - 1)}
+DENSITY_ODE = {"method": "rk4", "steps": 12, "radial_nodes": 5}
+"""ODE options for interactive maps: fixed-step RK4 (the exact dopri5 solve is for evaluation scripts)."""
+
+
+class ModelUnavailable(ValueError):
+    """A model name that cannot be loaded here; the message is one sentence for the user."""
+
+
+def embedded_models(root: Path = ASSETS_DIR, max_depth: int = 3) -> dict[str, Path]:
+    """Model folders shipped under assets/ (config.json + model.safetensors), by folder name."""
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for config in sorted(root.rglob("config.json")):
+        folder = config.parent
+        if len(folder.relative_to(root).parts) <= max_depth and (folder / "model.safetensors").is_file():
+            found.setdefault(folder.name, folder)
+    return found
+
+
+def hub_process(name: str) -> str:
+    """The process an official hub id uses: RFM, or R^3 diffusion / flow for the _diffusion / _flow variants."""
+    if name.endswith("_diffusion"):
+        return "diffusion_r3"
+    if name.endswith("_flow"):
+        return "flow_r3"
+    return "rfm_s2"
+
+
+@dataclass
+class Catalogue:
+    """Models the app offers: local folders (embedded or passed by path) first, then the official hub ids."""
+
+    local: dict[str, Path]
+    hub: tuple[str, ...] = HUB_MODELS
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.local) + [h for h in self.hub if h not in self.local]
+
+    def default(self) -> str | None:
+        if "default" in self.local:
+            return "default"
+        return next(iter(self.local), None) or (self.hub[0] if self.hub else None)
+
+    def process(self, name: str) -> str:
+        """The process name of a model, read from its config.json (local) or its hub id."""
+        if name in self.local:
+            return read_info(self.local[name]).process or "rfm_s2"
+        return hub_process(name)
+
+    def describe(self, name: str) -> str:
+        """One line for people: where the model comes from and how its process moves the points."""
+        try:
+            process = self.process(name)
+        except ValueError as err:
+            return f"{name}: {err}"
+        where = "shipped with geodemo (offline)" if name in self.local else "official PLONK model from the Hugging Face hub"
+        info = ""
+        if name in self.local:
+            meta = read_info(self.local[name]).metadata
+            if meta.get("description"):
+                info = f" — {meta['description']}"
+        return f"**{name}**: {where}{info}. Process: {PROCESS_LABELS.get(process, process)}."
+
+    def source(self, name: str) -> str:
+        """What geodemo.load receives for this name: a folder for local models, else the name itself."""
+        if name in self.local:
+            return str(self.local[name])
+        if name in self.hub or Path(name).is_dir():
+            return name
+        raise ModelUnavailable(f"Unknown model {name!r}: choose one of {', '.join(self.names)}.")
+
+
+def make_catalogue(extra: str | None = None) -> Catalogue:
+    """The embedded models plus, if `extra` is a model folder, that folder under its own name."""
+    local = embedded_models()
+    if extra and Path(extra).is_dir():
+        local = {Path(extra).name: Path(extra), **local}
+    return Catalogue(local=local)
+
+
+class ModelCache:
+    """Loaded pipelines by name; each is loaded once (under a lock) and only read afterwards."""
+
+    def __init__(self, catalogue: Catalogue, device: str | torch.device | None = None):
+        self.catalogue = catalogue
+        self.device = device
+        self._models: dict[str, GeoPipeline] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> GeoPipeline:
+        source = self.catalogue.source(name)
+        with self._lock:
+            if name not in self._models:
+                try:
+                    self._models[name] = load(source, device=self.device)
+                except ModelUnavailable:
+                    raise
+                except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+                    raise ModelUnavailable(_unavailable_sentence(name, err)) from None
+            return self._models[name]
+
+
+def _unavailable_sentence(name: str, err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if name in HUB_MODELS:
+        return (f"Model {name} is not available on this machine ({text}); it needs a one-time download from the "
+                "Hugging Face hub, or pass a local folder with config.json and model.safetensors.")
+    return f"Model {name} could not be loaded: {text}"
+
+
+@dataclass(frozen=True)
+class Request:
+    num_samples: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+def check_request(num_samples, steps, guidance, seed) -> Request:
+    """Validate values arriving from sliders or the API; raise ValueError with the allowed range."""
+    values = {}
+    for key, raw in (("num_samples", num_samples), ("steps", steps), ("guidance", guidance), ("seed", seed)):
+        lo, hi = LIMITS[key]
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key.replace('_', ' ')} must be a number between {lo} and {hi}, got {raw!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ValueError(f"{key.replace('_', ' ')} must be between {lo} and {hi}, got {raw!r}")
+        if key != "guidance" and value != int(value):
+            raise ValueError(f"{key.replace('_', ' ')} must be a whole number, got {raw!r}")
+        values[key] = value if key == "guidance" else int(value)
+    return Request(**values)
+
+
+def sample_image(pipe: GeoPipeline, embedding: torch.Tensor, request: Request) -> Prediction:
+    """Samples (1, N, 2) and trajectories of one image's embedding (1, C)."""
+    return pipe.predict(embeddings=embedding, num_samples=request.num_samples, steps=request.steps,
+                        guidance=request.guidance, seed=request.seed, trajectories=True)
+
+
+def density_options(pipe: GeoPipeline) -> dict:
+    options = dict(DENSITY_ODE)
+    if pipe.process.on_sphere:
+        options.pop("radial_nodes")
+    return options
+
+
+def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, guidance: float) -> torch.Tensor:
+    """(N,) log p(sample | image), nats per steradian, for (N, 2) samples."""
+    return pipe.log_density(samples, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
+
+
+def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, guidance: float,
+                   coarse_deg: float = 10.0, levels: int = 2) -> Iterator[DensityCells]:
+    """The progressive log-density map of one image: coarse grid, then refinements where the mass is."""
+    options = density_options(pipe)
+
+    def evaluate(latlon: torch.Tensor) -> torch.Tensor:
+        return pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **options)[0]
+
+    return progressive_density(evaluate, coarse_deg=coarse_deg, levels=levels, samples=samples)
