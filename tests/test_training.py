@@ -131,11 +131,12 @@ def test_nonfinite_gradient_leaves_weights_unchanged(shards, tmp_path):
     assert torch.isfinite(loss) and state_hash(trainer.network) != before
 
 
-def test_stop_and_resume_is_bit_identical(shards, tmp_path):
-    whole = train(tiny_config(shards, tmp_path / "whole"))
-    assert train(tiny_config(shards, tmp_path / "split", stop_at_step=7)) is None
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_stop_and_resume_is_bit_identical(shards, tmp_path, mode):
+    whole = train(tiny_config(shards, tmp_path / "whole", data_mode=mode, stream_window_shards=2))
+    assert train(tiny_config(shards, tmp_path / "split", data_mode=mode, stream_window_shards=2, stop_at_step=7)) is None
     assert (tmp_path / "split" / "last.pt").is_file() and not (tmp_path / "split" / "model").exists()
-    split = train(tiny_config(shards, tmp_path / "split"))
+    split = train(tiny_config(shards, tmp_path / "split", data_mode=mode, stream_window_shards=2))
     assert (whole / "model.safetensors").read_bytes() == (split / "model.safetensors").read_bytes()
     state_a = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
     state_b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
@@ -145,7 +146,29 @@ def test_stop_and_resume_is_bit_identical(shards, tmp_path):
     rows = (tmp_path / "split" / METRICS_FILE).read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["4", "7", "8", "12"]  # a stop logs its partial window
     with pytest.raises(ValueError, match="different \\['dim'\\]"):
-        train(tiny_config(shards, tmp_path / "split", dim=48))
+        train(tiny_config(shards, tmp_path / "split", data_mode=mode, stream_window_shards=2, dim=48))
+
+
+@pytest.mark.parametrize("process", ["flow_r3", "diffusion_r3"])
+def test_r3_processes_train_and_export(shards, tmp_path, process):
+    folder = train(tiny_config(shards, tmp_path, process=process, total_steps=4, schedule={"kind": "cosine"}))
+    pipeline = geodemo.load(folder, device="cpu")
+    assert pipeline.process.name == process and type(pipeline.schedule).__name__ == "CosineSchedule"
+    assert torch.isfinite(pipeline.predict(embeddings=torch.ones(1, COND_DIM), num_samples=2, steps=4, seed=0).latlon).all()
+
+
+def test_evaluate_likelihood_subset_is_exact(shards):
+    torch.manual_seed(1)
+    pipeline = GeoPipeline(GeoDenoiser(NetworkConfig(dim=16, depth=1, cond_dim=COND_DIM)),
+                           process_from_name("rfm_s2"), schedule_from_config(None), device="cpu")
+    data = read_shard(list_shards(shards)[0], KEY)
+    emb, latlon = data.embeddings[:10], data.latlon[:10]
+    ode = {"method": "rk4", "steps": 4}
+    result = evaluate(pipeline, emb, latlon, steps=4, batch_size=4, likelihood_images=5, localizability_samples=0,
+                      prdc_images=10, ode_options=ode)
+    direct = pipeline.log_density(latlon[:5].unsqueeze(1), embeddings=emb[:5], **ode)
+    assert result["likelihood_images"] == 5 and "localizability" not in result
+    assert result["nll"] == pytest.approx(-float(direct.mean()), rel=1e-6)
 
 
 def test_training_lowers_loss_and_improves_the_table(shards, tmp_path):

@@ -58,8 +58,9 @@ def evaluate(pipeline: GeoPipeline, embeddings: torch.Tensor, latlon: torch.Tens
     subset = torch.randperm(len(truth), generator=torch.Generator().manual_seed(seed))[:prdc_images]
     result.update(prdc(truth[subset], samples[subset, 0].double(), k=prdc_k))
     n_like = len(truth) if likelihood_images is None else min(likelihood_images, len(truth))
-    log_p_true = torch.cat([pipeline.log_density(truth[i:i + batch_size].unsqueeze(1),
-                                                 embeddings=embeddings[i:i + batch_size], guidance=0.0, **ode_options)
+    log_p_true = torch.cat([pipeline.log_density(truth[i:min(i + batch_size, n_like)].unsqueeze(1),
+                                                 embeddings=embeddings[i:min(i + batch_size, n_like)], guidance=0.0,
+                                                 **ode_options)
                             for i in range(0, n_like, batch_size)])
     result["nll"] = negative_log_likelihood(log_p_true)
     result["likelihood_images"] = n_like
