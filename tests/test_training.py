@@ -149,6 +149,15 @@ def test_stop_and_resume_is_bit_identical(shards, tmp_path, mode):
         train(tiny_config(shards, tmp_path / "split", data_mode=mode, stream_window_shards=2, dim=48))
 
 
+def test_stop_request_checkpoints_at_the_next_step(shards, tmp_path):
+    trainer = Trainer(tiny_config(shards, tmp_path), Runtime(0, 1, torch.device("cpu")))
+    trainer.stop_request.requested = True  # what SIGINT / SIGTERM set
+    assert trainer.run() is None
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["position"]["step"] == 1 and state["world_size"] == 1
+    assert train(tiny_config(shards, tmp_path)) is not None
+
+
 @pytest.mark.parametrize("process", ["flow_r3", "diffusion_r3"])
 def test_r3_processes_train_and_export(shards, tmp_path, process):
     folder = train(tiny_config(shards, tmp_path, process=process, total_steps=4, schedule={"kind": "cosine"}))

@@ -20,7 +20,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +132,30 @@ class EMA:
         self.updates = int(state["updates"])
 
 
+class StopRequest:
+    """SIGINT / SIGTERM ask the run to checkpoint and stop at the next step boundary; a second signal stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        log.warning("signal %d: checkpointing and stopping after this step (again to stop now)", signum)
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
 @dataclass
 class Position:
     """The next batch to train on: step counter, epoch, and batch index inside the epoch."""
@@ -180,13 +206,14 @@ class Trainer:
         self.nonfinite_steps = 0
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and rt.device.type == "cuda")
         self.seen_ids: dict[int, list[torch.Tensor]] = {}
+        self.stop_request = StopRequest()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"config": self.config.to_dict(), "position": vars(self.position).copy(),
                 "network": self.network.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "nonfinite_steps": self.nonfinite_steps}
+                "nonfinite_steps": self.nonfinite_steps, "world_size": self.runtime.world_size}
 
     def save_state(self) -> None:
         """Rank 0 writes <output_dir>/last.pt atomically; every rank waits for it."""
@@ -199,6 +226,9 @@ class Trainer:
 
     def load_state(self, path: Path) -> None:
         state = torch.load(path, map_location=self.runtime.device, weights_only=False)
+        if state.get("world_size", self.runtime.world_size) != self.runtime.world_size:
+            raise ValueError(f"{path} was written by {state['world_size']} ranks, this run has "
+                             f"{self.runtime.world_size}: an exact resume needs the same number of ranks")
         saved, now = state["config"], self.config.to_dict()
         changed = sorted(k for k in now if k not in _COMPATIBLE_CHANGES and saved.get(k) != now[k])
         if changed:
@@ -251,7 +281,7 @@ class Trainer:
         return loss.detach(), norm.detach()
 
     def run(self) -> Path | None:
-        """Train; returns the exported model folder, or None when stopped early at stop_at_step."""
+        """Train; returns the exported model folder, or None when stopped early (stop_at_step, SIGINT/SIGTERM)."""
         cfg, rt = self.config, self.runtime
         self.out.mkdir(parents=True, exist_ok=True)
         if cfg.resume and (self.out / STATE_FILE).is_file():
@@ -262,11 +292,39 @@ class Trainer:
         logger = MetricsLog(self.out / METRICS_FILE, self.position.step) if rt.main else None
         stop = min(cfg.total_steps, cfg.stop_at_step or cfg.total_steps)
         bar = tqdm(total=stop, initial=self.position.step, disable=not (cfg.progress and rt.main), unit="step")
+        self.network.train()
+        with self.stop_request:
+            stopping = self._train_until(stop, logger, bar)
+        bar.close()
+        if cfg.audit:
+            self.write_audit()
+        if stopping:
+            log.warning("stopped at step %d; %s resumes from here", self.position.step, self.out / STATE_FILE)
+        if self.position.step < cfg.total_steps:
+            return None
+        path = self.export() if rt.main else self.out / EXPORT_DIR
+        if rt.world_size > 1:
+            dist.barrier()
+        return path
+
+    def _stop_agreed(self, at_log_step: bool) -> bool:
+        """Whether every rank stops now: every step alone, at log steps (one all-reduce) under DDP."""
+        if self.runtime.world_size == 1:
+            return self.stop_request.requested
+        if not at_log_step:
+            return False
+        flag = torch.tensor(float(self.stop_request.requested), device=self.runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag)
+
+    def _train_until(self, stop: int, logger: "MetricsLog | None", bar) -> bool:
+        """The training loop up to step `stop`; True when a stop request ended it early."""
+        cfg, rt = self.config, self.runtime
         window_loss = torch.zeros((), device=rt.device)
         window_nonfinite = torch.zeros((), device=rt.device, dtype=torch.long)
         window_start, window_steps = time.perf_counter(), 0
-        self.network.train()
-        while self.position.step < stop:
+        stopping = False
+        while self.position.step < stop and not stopping:
             for batch in self.loader.batches(self.position.epoch, self.position.batch):
                 loss, norm = self.step(batch.embeddings, batch.xyz)
                 if cfg.audit:
@@ -277,7 +335,9 @@ class Trainer:
                 self.position.step += 1
                 self.position.batch += 1
                 bar.update(1)
-                if self.position.step % cfg.log_every == 0 or self.position.step == stop:
+                at_log_step = self.position.step % cfg.log_every == 0 or self.position.step == stop
+                stopping = self._stop_agreed(at_log_step)
+                if at_log_step or stopping:
                     if rt.world_size > 1:
                         dist.all_reduce(window_loss)
                         window_loss /= rt.world_size
@@ -293,21 +353,13 @@ class Trainer:
                     window_loss.zero_()
                     window_nonfinite.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                if self.position.step % cfg.checkpoint_every == 0 or self.position.step == stop:
+                if self.position.step % cfg.checkpoint_every == 0 or self.position.step == stop or stopping:
                     self._normalise_position()
                     self.save_state()
-                if self.position.step >= stop:
+                if self.position.step >= stop or stopping:
                     break
             self._normalise_position()
-        bar.close()
-        if cfg.audit:
-            self.write_audit()
-        if self.position.step < cfg.total_steps:
-            return None
-        path = self.export() if rt.main else self.out / EXPORT_DIR
-        if rt.world_size > 1:
-            dist.barrier()
-        return path
+        return stopping
 
     def _normalise_position(self) -> None:
         """Move to the next epoch once the batch index reaches the end of the current one."""
