@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from geodemo.checkpoint import CheckpointError, load_network, read_info
+from geodemo.embedded import embedded_model_path
 from geodemo.encoders import Encoder, get_encoder
 from geodemo.grids import latlon_grid
 from geodemo.likelihood import log_density
@@ -118,8 +119,9 @@ class GeoPipeline:
 
 
 def load(name_or_path: str | Path, device: torch.device | str | None = None) -> GeoPipeline:
-    """Load a model from a local folder holding config.json + model.safetensors (the hub format)."""
-    folder = Path(name_or_path)
+    """Load a model from a local folder holding config.json + model.safetensors (the hub format),
+    or a model shipped in assets/ by name ("default", "earth-flow", ...: geodemo.embedded)."""
+    folder = embedded_model_path(str(name_or_path)) or Path(name_or_path)
     if not folder.is_dir():
         raise CheckpointError(f"{name_or_path!r} is not a model folder (config.json + model.safetensors)")
     info = read_info(folder)

@@ -1,0 +1,161 @@
+"""Evaluation of the satellite-view models on held-out Blue Marble views, split by how much land a view shows.
+
+For each model: the PLONK table (training/evaluate.py protocol) on all views, on views with >= 20% land,
+on coastline views (20-80% land) and on open-ocean views (< 1% land), plus the prior-only baseline (zero
+embedding, i.e. the unconditional model the guidance uses) on all and on >= 20% land views; and a check
+that exp(log p) integrates to 1 over S^2, by importance sampling (below).
+
+    python -m training.earth_views_eval runs/earth-rfm/model data/earth/heldout --output eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tarfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import geodemo
+from geodemo.pipeline import GeoPipeline
+from geodemo.sampling import make_generator
+from geodemo.sphere import latlon_to_xyz, project, sample_uniform, xyz_to_latlon, EARTH_RADIUS_KM, LOG_SPHERE_AREA
+from training.evaluate import evaluate, format_table
+from training.shards import list_shards, read_shards
+
+ENCODER = "efficientnet_lite0"
+SUBSETS = {
+    "all views": lambda land: land >= 0,
+    "views with >= 20% land": lambda land: land >= 0.2,
+    "coastline views (20-80% land)": lambda land: (land >= 0.2) & (land <= 0.8),
+    "open-ocean views (< 1% land)": lambda land: land < 0.01,
+}
+PRIOR_SUBSETS = ("all views", "views with >= 20% land")
+
+
+def read_land_fractions(paths: Sequence[str], keys: Sequence[str]) -> torch.Tensor:
+    """(N,) land_fraction of each sample, from the shards' JSON members, in the order of `keys`."""
+    by_key = {}
+    for path in paths:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(member).read())
+                    by_key[member.name[: -len(".json")]] = float(meta["land_fraction"])
+    missing = [k for k in keys if k not in by_key]
+    if missing:
+        raise KeyError(f"{len(missing)} samples have no land_fraction (first: {missing[0]!r}): not view shards?")
+    return torch.tensor([by_key[k] for k in keys])
+
+
+def log_vmf(x: torch.Tensor, mu: torch.Tensor, kappa: float) -> torch.Tensor:
+    """log of the von Mises-Fisher density on S^2: log(kappa / (2 pi (1 - exp(-2 kappa)))) + kappa (mu.x - 1)."""
+    return math.log(kappa / (2 * math.pi * -math.expm1(-2 * kappa))) + kappa * ((x * mu).sum(-1) - 1)
+
+
+def sample_vmf(mu: torch.Tensor, kappa: float, generator: torch.Generator) -> torch.Tensor:
+    """One vMF(mu, kappa) draw per row of mu (M, 3): cos angle w = 1 + log(u + (1 - u) e^{-2 kappa}) / kappa."""
+    u = torch.rand(mu.shape[0], generator=generator, dtype=mu.dtype)
+    w = (1 + torch.log(u + (1 - u) * math.exp(-2 * kappa)) / kappa).clamp(-1, 1).unsqueeze(-1)
+    tangent = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
+    tangent = project(tangent - (tangent * mu).sum(-1, keepdim=True) * mu)
+    return w * mu + (1 - w**2).clamp_min(0).sqrt() * tangent
+
+
+@torch.no_grad()
+def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points: int = 4096, num_centres: int = 256,
+                      bandwidth_km: float = 150.0, uniform_weight: float = 0.2, seed: int = 0,
+                      **ode_options) -> tuple[float, float]:
+    """(estimate, standard error) of the integral of exp(log p(x | c)) over S^2 for one embedding (C,).
+
+    Importance sampling from q = w U(S^2) + (1 - w) mean_j vMF(x_j, kappa), x_j the model's own samples,
+    kappa = (R / bandwidth)^2: integral = E_q[p / q], exact in expectation for any q with full support.
+    """
+    generator = make_generator(seed)
+    emb = embedding.reshape(1, -1)
+    centres = latlon_to_xyz(pipeline.predict(embeddings=emb, num_samples=num_centres, steps=64, seed=seed).latlon[0]).double()
+    kappa = (EARTH_RADIUS_KM / bandwidth_km) ** 2
+    from_uniform = torch.rand(num_points, generator=generator) < uniform_weight
+    picks = centres[torch.randint(num_centres, (num_points,), generator=generator)]
+    points = torch.where(from_uniform.unsqueeze(-1), sample_uniform((num_points,), generator=generator, dtype=torch.float64),
+                         sample_vmf(picks, kappa, generator))
+    log_q = torch.logaddexp(torch.full((num_points,), math.log(uniform_weight) - LOG_SPHERE_AREA, dtype=torch.float64),
+                            math.log(1 - uniform_weight) + torch.logsumexp(log_vmf(points.unsqueeze(1), centres, kappa), 1)
+                            - math.log(num_centres))
+    log_p = pipeline.log_density(xyz_to_latlon(points), embeddings=emb, **ode_options)[0]
+    ratio = torch.exp(log_p - log_q)
+    return float(ratio.mean()), float(ratio.std() / math.sqrt(num_points))
+
+
+def evaluate_model(folder: str, heldout: str, steps: int = 250, guidance: float = 2.0, likelihood_images: int = 300,
+                   localizability_samples: int = 16, normalisation_views: int = 8, batch_size: int = 2048,
+                   device: str | None = None, ode_options: dict | None = None) -> dict:
+    """Every row of the table for one model folder, plus the normalisation check."""
+    pipeline = geodemo.load(folder, device=device)
+    paths = list_shards(heldout)
+    data = read_shards(paths, ENCODER)
+    land = read_land_fractions(paths, data.keys)
+    ode = ode_options or {}
+    rows = {}
+    for name, rule in SUBSETS.items():
+        chosen = rule(land)
+        for prior in (False, True) if name in PRIOR_SUBSETS else (False,):
+            emb = data.embeddings[chosen]
+            row = evaluate(pipeline, torch.zeros_like(emb) if prior else emb, data.latlon[chosen], steps=steps,
+                           guidance=0.0 if prior else guidance, batch_size=batch_size,
+                           likelihood_images=likelihood_images, localizability_samples=localizability_samples,
+                           ode_options=ode)
+            rows[f"prior only, {name}" if prior else name] = row
+    totals = [total_probability(pipeline, data.embeddings[i].to(pipeline.device), seed=i, **ode)
+              for i in range(normalisation_views)]
+    return {"model": folder, "heldout": heldout, "views": int(len(land)), "rows": rows,
+            "normalisation": {"estimates": [t[0] for t in totals], "standard_errors": [t[1] for t in totals],
+                              "max_abs_deviation": max(abs(t[0] - 1) for t in totals)}}
+
+
+def markdown_table(results: Sequence[dict]) -> str:
+    """One markdown table: a row per (model, subset) with the headline metrics."""
+    header = ("| model | views | n | GeoScore | median km | mean km | acc@200km | acc@750km | acc@2500km | NLL | "
+              "localizability |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    lines = [header]
+    for result in results:
+        name = Path(result["model"]).parent.name if Path(result["model"]).name == "model" else Path(result["model"]).name
+        for subset, r in result["rows"].items():
+            lines.append(f"| {name} | {subset} | {r['images']} | {r['geoscore']:.0f} | {r['median_km']:.0f} | "
+                         f"{r['mean_km']:.0f} | {r['acc@200km']:.1%} | {r['acc@750km']:.1%} | {r['acc@2500km']:.1%} | "
+                         f"{r['nll']:.2f} | {r.get('localizability', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Satellite-view models on held-out views, by land fraction.")
+    parser.add_argument("models", help="comma-separated model folders")
+    parser.add_argument("heldout", help="held-out view shards (training/earth_views_data.py, split seed 1)")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--likelihood-images", type=int, default=300)
+    parser.add_argument("--localizability-samples", type=int, default=16)
+    parser.add_argument("--normalisation-views", type=int, default=8)
+    parser.add_argument("--device")
+    parser.add_argument("--output", required=True, help="JSON file for every number")
+    args = parser.parse_args(argv)
+    results = []
+    for folder in args.models.split(","):
+        result = evaluate_model(folder, args.heldout, args.steps, args.guidance, args.likelihood_images,
+                                args.localizability_samples, args.normalisation_views, device=args.device)
+        results.append(result)
+        for subset, row in result["rows"].items():
+            print(format_table(row, title=f"{folder}: {subset} ({row['images']} views)"), flush=True)
+        norm = result["normalisation"]
+        print(f"{folder}: integral of p over S^2 on {len(norm['estimates'])} views: "
+              f"{', '.join(f'{e:.3f}' for e in norm['estimates'])} (max |I - 1| = {norm['max_abs_deviation']:.3f})",
+              flush=True)
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    print(markdown_table(results))
+
+
+if __name__ == "__main__":
+    main()
