@@ -16,9 +16,10 @@ import gradio as gr
 import plotly
 import torch
 
+from geodemo.embedded import example_views
 from geodemo.images import ImageError, load_image
 from geodemo.interactive import (LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request, density_stages,
-                                 make_catalogue, sample_image, sample_log_density)
+                                 known_location, make_catalogue, sample_image, sample_log_density)
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.summary import sample_rows, summarize, to_csv, to_geojson
 
@@ -31,8 +32,6 @@ except ImportError:
         return fn
 
 log = logging.getLogger("geodemo.app")
-ROOT = Path(__file__).resolve().parent
-EXAMPLES_DIR = ROOT / "assets" / "examples"
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 GLOBE_HEIGHT = 560
 GLOBE_TEMPLATE = f'<div class="geodemo-globe" style="width:100%;height:{GLOBE_HEIGHT}px"></div>'
@@ -67,10 +66,13 @@ def image_path_of(payload) -> str | None:
     raise gr.Error("The image did not arrive as a file; please upload it again.")
 
 
-def example_images() -> list[str]:
-    if not EXAMPLES_DIR.is_dir():
-        return []
-    return sorted(str(p) for p in EXAMPLES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+def example_images() -> tuple[list[str], list[str]]:
+    """Shipped example views (paths, titles); their true centres are recognised by known_location."""
+    try:
+        views = [v for v in example_views() if v.path.is_file()]
+    except (OSError, ValueError, KeyError):
+        return [], []
+    return [str(v.path) for v in views], [v.title for v in views]
 
 
 def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
@@ -101,7 +103,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
         except (ImageError, ModelUnavailable, ValueError) as err:
             raise gr.Error(str(err)) from None
         samples = prediction.latlon[0].double()
-        truth = loaded.gps
+        truth = loaded.gps or known_location(image_path)
         summary = summarize(samples, truth=truth)
         globe = globe_figure(prediction.trajectories_xyz[0], samples, truth=truth, best_guess=summary.best_guess,
                              process_name=pipe.process.name, seed=request.seed)
@@ -116,12 +118,12 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
             return
         try:
             progress(0.45, desc="Log-density of the samples (for the best guess)")
-            logp = sample_log_density(pipe, embedding, samples, request.guidance)
-            for level, cells in enumerate(density_stages(pipe, embedding, samples, request.guidance)):
+            logp = sample_log_density(pipe, embedding, samples)
+            for level, cells in enumerate(density_stages(pipe, embedding, samples)):
                 progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
                 summary = summarize(samples, logp, cells, truth=truth)
-                title = (f"log p(location | image), {cells.evaluations} evaluations "
-                         f"({'coarse grid' if level == 0 else f'refinement {level}'})")
+                title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
+                         f"{'coarse grid' if level == 0 else f'refinement {level}'}")
                 fig = density_map_figure(cells, samples, truth=truth, best_guess=summary.best_guess, title=title)
                 files = write_downloads(sample_rows(samples, logp), summary)
                 state = {**state, "stage": f"density level {level}", "evaluations": cells.evaluations}
@@ -139,16 +141,17 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
             with gr.Column(scale=1, min_width=320):
                 image = gr.Image(label="Image (upload, paste or drag & drop)", type="filepath",
                                  sources=["upload", "clipboard"], height=300)
-                examples = example_images()
+                examples, titles = example_images()
                 if examples:
-                    gr.Examples(examples=examples, inputs=[image], label="Examples", examples_per_page=12)
+                    gr.Examples(examples=examples, inputs=[image], label="Examples: views from space (true centre known)",
+                                example_labels=titles, examples_per_page=12)
                 model = gr.Dropdown(choices=catalogue.names, value=default_model, label="Model",
                                     allow_custom_value=True)
                 model_info = gr.Markdown(describe(default_model) if default_model else "No model found.")
                 guidance = gr.Slider(*LIMITS["guidance"], value=2.0, step=0.1, label="Guidance scale w",
                                      info="0 = plain conditional model; larger = sharper, less diverse")
                 steps = gr.Slider(*LIMITS["steps"], value=32, step=1, label="Sampler steps")
-                num_samples = gr.Slider(16, 1024, value=256, step=16, label="Number of samples")
+                num_samples = gr.Slider(16, 1024, value=128, step=16, label="Number of samples")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1], label="Seed")
                 exact_density = gr.Checkbox(value=True, label="Exact log-density map (progressive, a few seconds)")
                 run = gr.Button("Locate", variant="primary")

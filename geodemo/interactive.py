@@ -7,8 +7,10 @@ only shared state is the cache of loaded models, filled under a lock.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,9 +19,9 @@ import torch
 
 from geodemo.adaptive_density import DensityCells, progressive_density
 from geodemo.checkpoint import read_info
+from geodemo.embedded import ALIASES, available_embedded_models, embedded_model_path, example_views
 from geodemo.pipeline import GeoPipeline, Prediction, load
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 HUB_MODELS = (
     "nicolas-dufour/PLONK_YFCC",
     "nicolas-dufour/PLONK_OSV_5M",
@@ -33,24 +35,26 @@ PROCESS_LABELS = {
     "diffusion_r3": "Diffusion in R³ (DDIM sampler): points start as Gaussian noise in space and fly onto the globe",
 }
 LIMITS = {"num_samples": (1, 4096), "steps": (1, 250), "guidance": (0.0, 10.0), "seed": (0, 2**31 - 1)}
-DENSITY_ODE = {"method": "rk4", "steps": 12, "radial_nodes": 5}
-"""ODE options for interactive maps: fixed-step RK4 (the exact dopri5 solve is for evaluation scripts)."""
+DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
+"""ODE options for interactive maps: fixed-step RK4 (the tolerance-controlled dopri5 solve is for evaluation)."""
+DENSITY_GUIDANCE = 0.0
+"""The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
+sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
+DENSITY_GRID = {"coarse_deg": 15.0, "levels": 2, "max_cells_per_level": 48}
 
 
 class ModelUnavailable(ValueError):
     """A model name that cannot be loaded here; the message is one sentence for the user."""
 
 
-def embedded_models(root: Path = ASSETS_DIR, max_depth: int = 3) -> dict[str, Path]:
-    """Model folders shipped under assets/ (config.json + model.safetensors), by folder name."""
-    found: dict[str, Path] = {}
-    if not root.is_dir():
-        return found
-    for config in sorted(root.rglob("config.json")):
-        folder = config.parent
-        if len(folder.relative_to(root).parts) <= max_depth and (folder / "model.safetensors").is_file():
-            found.setdefault(folder.name, folder)
-    return found
+def embedded_models() -> dict[str, Path]:
+    """Shipped models present on disk, by name (an alias such as "default" replaces the name it points to)."""
+    found: dict[Path, str] = {}
+    for name in sorted(available_embedded_models(), key=lambda n: (n not in ALIASES, n)):
+        folder = embedded_model_path(name)
+        if folder is not None and (folder / "config.json").is_file() and folder not in found:
+            found[folder] = name
+    return {name: folder for folder, name in found.items()}
 
 
 def hub_process(name: str) -> str:
@@ -102,6 +106,9 @@ class Catalogue:
         """What geodemo.load receives for this name: a folder for local models, else the name itself."""
         if name in self.local:
             return str(self.local[name])
+        folder = embedded_model_path(name)
+        if folder is not None and (folder / "config.json").is_file():
+            return str(folder)
         if name in self.hub or Path(name).is_dir():
             return name
         raise ModelUnavailable(f"Unknown model {name!r}: choose one of {', '.join(self.names)}.")
@@ -145,6 +152,25 @@ def _unavailable_sentence(name: str, err: Exception) -> str:
     return f"Model {name} could not be loaded: {text}"
 
 
+@lru_cache(maxsize=1)
+def _example_locations() -> dict[str, tuple[float, float]]:
+    try:
+        views = example_views()
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {hashlib.sha256(v.path.read_bytes()).hexdigest(): (v.latitude, v.longitude)
+            for v in views if v.path.is_file()}
+
+
+def known_location(path: str | Path) -> tuple[float, float] | None:
+    """The true centre (lat, lon) of a shipped example view, recognised by its content; None otherwise."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+    return _example_locations().get(digest)
+
+
 @dataclass(frozen=True)
 class Request:
     num_samples: int
@@ -183,17 +209,19 @@ def density_options(pipe: GeoPipeline) -> dict:
     return options
 
 
-def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, guidance: float) -> torch.Tensor:
+def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
+                       guidance: float = DENSITY_GUIDANCE) -> torch.Tensor:
     """(N,) log p(sample | image), nats per steradian, for (N, 2) samples."""
     return pipe.log_density(samples, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
 
 
-def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, guidance: float,
-                   coarse_deg: float = 10.0, levels: int = 2) -> Iterator[DensityCells]:
-    """The progressive log-density map of one image: coarse grid, then refinements where the mass is."""
+def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
+                   guidance: float = DENSITY_GUIDANCE, **grid) -> Iterator[DensityCells]:
+    """The progressive log-density map of one image: coarse grid, then refinements where the mass is.
+    grid: coarse_deg, levels, max_cells_per_level (defaults: DENSITY_GRID)."""
     options = density_options(pipe)
 
     def evaluate(latlon: torch.Tensor) -> torch.Tensor:
         return pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **options)[0]
 
-    return progressive_density(evaluate, coarse_deg=coarse_deg, levels=levels, samples=samples)
+    return progressive_density(evaluate, samples=samples, **{**DENSITY_GRID, **grid})

@@ -1,0 +1,105 @@
+"""App latency of the default request (the app's own code path, without the browser), printed as a table.
+
+Targets (embedded model, 2-core CPU): samples + animated globe < 3 s; complete log-density map < 15 s.
+Usage: python benchmarks/app_latency.py [--model default] [--image assets/examples/nile_delta.jpg] [--threads 2]
+Without a shipped model on disk it times a stand-in of the shipped size (dim 256, depth 8, EfficientNet-Lite0
+encoder, random weights) and says so: timings depend on the size, not on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from geodemo.checkpoint import save_checkpoint
+from geodemo.images import load_image
+from geodemo.interactive import (Request, density_stages, make_catalogue, ModelCache, sample_image,
+                                 sample_log_density)
+from geodemo.network import GeoDenoiser, NetworkConfig
+from geodemo.plotting import density_map_figure, globe_figure, render_png
+from geodemo.schedules import SigmoidSchedule, schedule_to_config
+from geodemo.summary import summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def stand_in_model(folder: Path) -> Path:
+    """Random-weight network of the shipped size with the real offline encoder."""
+    torch.manual_seed(0)
+    network = GeoDenoiser(NetworkConfig(dim=256, depth=8, cond_dim=1280))
+    with torch.no_grad():
+        for block in network.blocks:
+            block.mlp[3].weight.normal_(0, 0.02)
+    return save_checkpoint(folder, network, "rfm_s2", schedule_to_config(SigmoidSchedule()), "efficientnet_lite0")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--image", default=str(ROOT / "assets/examples/nile_delta.jpg"))
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    catalogue = make_catalogue()
+    label = args.model
+    if args.model not in catalogue.local:
+        folder = stand_in_model(Path(tempfile.mkdtemp()) / "stand-in")
+        catalogue = make_catalogue(str(folder))
+        label = f"stand-in for {args.model!r} (dim 256, depth 8, random weights; shipped model not on disk)"
+        args.model = folder.name
+    pipe = ModelCache(catalogue, device="cpu").get(args.model)
+    request = Request(num_samples=args.samples, steps=args.steps, guidance=args.guidance, seed=0)
+    rows: list[tuple[str, float, str]] = []
+
+    def timed(name: str, fn, note=lambda result: ""):
+        start = time.perf_counter()
+        result = fn()
+        rows.append((name, time.perf_counter() - start, note(result)))
+        return result
+
+    pipe.embed(load_image(args.image).image)  # warm-up: builds the encoder, first-call allocations
+    t0 = time.perf_counter()
+    loaded = timed("load image", lambda: load_image(args.image))
+    emb = timed("encode", lambda: pipe.embed(loaded.image))
+    pred = timed("sample + trajectories", lambda: sample_image(pipe, emb, request),
+                 lambda p: f"{args.samples} samples x {args.steps} steps, w={args.guidance}")
+    samples = pred.latlon[0].double()
+    summary = timed("summary (samples)", lambda: summarize(samples, truth=loaded.gps))
+    fig = timed("globe figure + JSON", lambda: globe_figure(pred.trajectories_xyz[0], samples,
+                                                            best_guess=summary.best_guess).to_json(),
+                lambda js: f"{len(js) / 1e6:.2f} MB sent")
+    first = time.perf_counter() - t0
+    logp = timed("log p of the samples", lambda: sample_log_density(pipe, emb, samples),
+                 lambda lp: f"{args.samples} points")
+    stages = iter(density_stages(pipe, emb, samples))
+    level = 0
+    while True:
+        cells = timed(f"density level {level}", lambda: next(stages, None),
+                      lambda c: f"{c.evaluations} evaluations in total, integral {c.total_mass():.3f}" if c else "")
+        if cells is None:
+            rows.pop()
+            break
+        summary = timed(f"summary level {level}", lambda: summarize(samples, logp, cells, truth=loaded.gps))
+        timed(f"map render level {level}", lambda: render_png(density_map_figure(cells, samples,
+                                                                                best_guess=summary.best_guess)))
+        level += 1
+    total = time.perf_counter() - t0
+    del fig
+    print(f"model: {label}; torch threads: {torch.get_num_threads()}; image: {Path(args.image).name}")
+    print(f"{'stage':<28}{'seconds':>9}  note")
+    for name, seconds, note in rows:
+        print(f"{name:<28}{seconds:>9.2f}  {note}")
+    print(f"{'samples + globe (target < 3 s)':<28}{first:>9.2f}")
+    print(f"{'complete map (target < 15 s)':<28}{total:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+"""`python -m geodemo ...`: see geodemo.cli."""
+
+import sys
+
+from geodemo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""Progressive density: a von Mises-Fisher density (known in closed form) is integrated to 1 and refined
+only around its peak."""
+
+import math
+
+import torch
+
+from geodemo.adaptive_density import cells_containing, coarse_cells, progressive_density, split_cells
+from geodemo.sphere import angle_between, latlon_to_xyz
+
+PEAK = (45.76, 4.83)
+
+
+def von_mises_fisher(kappa: float):
+    """log p(x) = kappa mu.x + log(kappa / (4 pi sinh kappa)), a normalised density on S^2 (nats/sr)."""
+    mu = latlon_to_xyz(torch.tensor(PEAK, dtype=torch.float64))
+
+    def log_density(latlon):
+        x = latlon_to_xyz(latlon.double())
+        return kappa * (x @ mu) + math.log(kappa / (2 * math.pi * (1 - math.exp(-2 * kappa)))) - kappa
+
+    return log_density
+
+
+def test_coarse_cells_tile_the_sphere():
+    bounds = coarse_cells(15.0)
+    lat0, lat1, lon0, lon1 = torch.deg2rad(bounds).unbind(-1)
+    assert torch.isclose(((lon1 - lon0) * (lat1.sin() - lat0.sin())).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
+    children = split_cells(bounds)
+    lat0, lat1, lon0, lon1 = torch.deg2rad(children).unbind(-1)
+    assert torch.isclose(((lon1 - lon0) * (lat1.sin() - lat0.sin())).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
+
+
+def test_mass_is_one_and_refinement_stays_near_the_peak():
+    calls = []
+    vmf = von_mises_fisher(60.0)
+
+    def counting(latlon):
+        calls.append(len(latlon))
+        return vmf(latlon)
+
+    stages = list(progressive_density(counting, coarse_deg=15.0, levels=3, mass_fraction=0.99, max_cells_per_level=128))
+    assert len(stages) == 4
+    finest = stages[-1]
+    assert abs(finest.total_mass() - 1.0) < 0.015
+    assert finest.evaluations == sum(calls) < 1500  # a uniform grid at the finest size would need ~24,000
+    far = angle_between(latlon_to_xyz(finest.centres), latlon_to_xyz(torch.tensor(PEAK, dtype=torch.float64)).expand(len(finest.centres), 3))
+    assert finest.level[far > math.radians(60)].max() == 0  # nothing refined far from the peak
+    assert finest.level[far < math.radians(5)].min() == 3
+    near = finest.mass_within(torch.tensor([PEAK], dtype=torch.float64), radius_km=1000.0)
+    exact = 1 - math.exp(-60.0 * (1 - math.cos(1000.0 / 6371.0)))  # vMF mass of a spherical cap (sinh ~ e^k / 2)
+    assert abs(float(near[0]) - exact) < 0.05
+
+
+def test_samples_force_refinement_of_their_cells():
+    flat = lambda latlon: torch.full((len(latlon),), -math.log(4 * math.pi), dtype=torch.float64)
+    sample = torch.tensor([[-60.0, 100.0]], dtype=torch.float64)
+    stages = list(progressive_density(flat, coarse_deg=30.0, levels=1, mass_fraction=0.0, samples=sample))
+    refined = stages[-1].level == 1
+    assert int(refined.sum()) >= 4 and cells_containing(stages[-1].bounds[refined], sample).any()
+
+
+def test_rasterize_covers_the_globe():
+    stages = list(progressive_density(von_mises_fisher(20.0), coarse_deg=30.0, levels=1))
+    lats, lons, image = stages[-1].rasterize(2.0)
+    assert image.shape == (90, 180) and not torch.isnan(torch.from_numpy(image)).any()
