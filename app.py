@@ -75,9 +75,11 @@ def example_images() -> tuple[list[str], list[str]]:
     return [str(v.path) for v in views], [v.title for v in views]
 
 
-def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
-               default_model: str | None = None) -> gr.Blocks:
-    """The Blocks app. Models are loaded on first use and shared read-only between users."""
+def build_demo(catalogue: Catalogue | None = None, device: str | None = None, default_model: str | None = None,
+               density_grid: dict | None = None) -> gr.Blocks:
+    """The Blocks app. Models are loaded on first use and shared read-only between users.
+    density_grid: options of geodemo.interactive.density_stages (coarse_deg, levels, max_cells_per_level)."""
+    density_grid = density_grid or {}
     catalogue = catalogue or make_catalogue()
     models = ModelCache(catalogue, device=device)
     default_model = default_model if default_model in catalogue.names else catalogue.default()
@@ -119,7 +121,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None,
         try:
             progress(0.45, desc="Log-density of the samples (for the best guess)")
             logp = sample_log_density(pipe, embedding, samples)
-            for level, cells in enumerate(density_stages(pipe, embedding, samples)):
+            for level, cells in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
                 progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
                 summary = summarize(samples, logp, cells, truth=truth)
                 title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "

@@ -1,0 +1,59 @@
+"""`python -m geodemo predict`: a batch with one bad file reports it and still answers for the others."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from app_fixtures import build_test_model, write_test_image
+from geodemo.cli import main
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_test_model(tmp_path_factory.mktemp("models") / "cli-model")
+
+
+def test_batch_with_a_bad_file(model, tmp_path, capsys):
+    good = write_test_image(tmp_path / "good.jpg")
+    other = write_test_image(tmp_path / "other.jpg", colour=(200, 180, 40))
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    out = io.StringIO()
+    code = main(["predict", str(good), str(bad), str(other), "--model", str(model), "--samples", "16",
+                 "--steps", "4", "--guidance", "1.5", "--seed", "3", "--format", "json"], out=out)
+    assert code == 1
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["ok"] for r in records] == [True, False, True]
+    assert "not an image" in records[1]["error"] and "bad.jpg" in capsys.readouterr().err
+    best = records[0]
+    assert -90 <= best["best_guess"][0] <= 90 and -180 <= best["best_guess"][1] <= 180
+    assert best["best_guess_rule"] == "highest likelihood" and best["localizability"] is not None
+    assert best["num_samples"] == 16 and best["best_guess_place"]["name"]
+    again = io.StringIO()
+    main(["predict", str(good), "--model", str(model), "--samples", "16", "--steps", "4", "--guidance", "1.5",
+          "--seed", "3"], out=again)
+    assert json.loads(again.getvalue())["best_guess"] == best["best_guess"]  # seeded
+
+
+def test_csv_and_geojson_formats(model, tmp_path):
+    images = [str(write_test_image(tmp_path / f"{i}.jpg", colour=(40 * i, 100, 90))) for i in range(2)]
+    out = io.StringIO()
+    assert main(["predict", *images, "--model", str(model), "--samples", "8", "--steps", "3", "--format", "csv",
+                 "--no-likelihood"], out=out) == 0
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert len(rows) == 16 and {r["image"] for r in rows} == set(images)
+    assert all(-90 <= float(r["lat"]) <= 90 for r in rows)
+    out = io.StringIO()
+    assert main(["predict", images[0], "--model", str(model), "--samples", "8", "--steps", "3",
+                 "--format", "geojson", "--no-likelihood"], out=out) == 0
+    assert len(json.loads(out.getvalue())["features"]) == 8
+
+
+def test_bad_arguments_and_unknown_model(tmp_path, capsys):
+    image = str(write_test_image(tmp_path / "x.jpg"))
+    assert main(["predict", image, "--model", "no-such-model"]) == 2
+    assert "Unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["predict", image, "--steps", "100000"]) == 2
+    assert "steps must be between 1 and 250" in capsys.readouterr().err
