@@ -106,7 +106,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             raise gr.Error(str(err)) from None
         samples = prediction.latlon[0].double()
         truth = loaded.gps or known_location(image_path)
-        summary = summarize(samples, truth=truth)
+        truth_source = "EXIF GPS" if loaded.gps else "centre of this example view"
+        summary = summarize(samples, truth=truth, truth_source=truth_source)
         globe = globe_figure(prediction.trajectories_xyz[0], samples, truth=truth, best_guess=summary.best_guess,
                              process_name=pipe.process.name, seed=request.seed)
         files = write_downloads(sample_rows(samples), summary)
@@ -123,7 +124,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             logp = sample_log_density(pipe, embedding, samples)
             for level, cells in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
                 progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
-                summary = summarize(samples, logp, cells, truth=truth)
+                summary = summarize(samples, logp, cells, truth=truth, truth_source=truth_source)
                 title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
                          f"{'coarse grid' if level == 0 else f'refinement {level}'}")
                 fig = density_map_figure(cells, samples, truth=truth, best_guess=summary.best_guess, title=title)

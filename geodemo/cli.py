@@ -47,7 +47,8 @@ def predict_one(pipe, path: str, request, with_likelihood: bool) -> tuple[dict, 
     samples = sample_image(pipe, embedding, request).latlon[0].double()
     logp = sample_log_density(pipe, embedding, samples) if with_likelihood else None
     truth = loaded.gps or known_location(path)
-    summary = summarize(samples, logp, truth=truth)
+    summary = summarize(samples, logp, truth=truth,
+                        truth_source="EXIF GPS" if loaded.gps else "centre of this example view")
     record = {"image": path, "ok": True, **summary.to_dict()}
     return record, sample_rows(samples, logp)
 

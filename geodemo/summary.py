@@ -59,6 +59,7 @@ class Summary:
     localizability: float | None = None
     density_integral: float | None = None
     truth: tuple[float, float] | None = None
+    truth_source: str = ""
     truth_place: Place | None = None
     error_km: float | None = None
     geoscore: float | None = None
@@ -70,16 +71,18 @@ class Summary:
     def to_markdown(self) -> str:
         """A short report for people."""
         lat, lon = self.best_guess
-        lines = [f"### Best guess: {self.best_guess_place.label()}",
-                 f"{_format_latlon(lat, lon)} — {self.best_guess_rule} of {self.num_samples} samples"]
+        lines = [f"### Best guess: {self.best_guess_place.label()}", "",
+                 f"{_format_latlon(lat, lon)} — {self.best_guess_rule} of {self.num_samples} samples", ""]
         if self.truth is not None:
-            lines.append(f"**True location (EXIF GPS):** {self.truth_place.label() if self.truth_place else ''} "
+            lines.append(f"**True location ({self.truth_source or 'given'}):** "
+                         f"{self.truth_place.label() if self.truth_place else ''} "
                          f"{_format_latlon(*self.truth)} — error **{self.error_km:,.0f} km**, "
                          f"GeoScore **{self.geoscore:,.0f}** / 5000")
+            lines.append("")
         if self.localizability is not None:
             lines.append(f"**Localizability:** {self.localizability:.2f} nats/sr "
                          "(mean log-density of the samples; higher = more certain)")
-        lines.append("")
+            lines.append("")
         lines.append(f"**Top modes** (probability within {MODE_RADIUS_KM:.0f} km, from the {self.source}):")
         lines += [f"{i}. {m.place.label()} — {m.probability:.0%}" for i, m in enumerate(self.modes, 1)]
         lines.append("")
@@ -146,7 +149,8 @@ def country_odds_from_samples(samples: torch.Tensor) -> np.ndarray:
 
 def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = None,
               cells: DensityCells | None = None, truth: tuple[float, float] | None = None,
-              max_modes: int = 3, top_countries: int = 5, radius_km: float = MODE_RADIUS_KM) -> Summary:
+              truth_source: str = "EXIF GPS", max_modes: int = 3, top_countries: int = 5,
+              radius_km: float = MODE_RADIUS_KM) -> Summary:
     """Summary of (N, 2) degree samples of one image, using their log-densities (N,) and the density cells
     when given."""
     samples = torch.as_tensor(samples, dtype=torch.float64).reshape(-1, 2)
@@ -186,6 +190,7 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
     if truth is not None:
         true = torch.tensor(truth, dtype=torch.float64)
         summary.truth = (float(truth[0]), float(truth[1]))
+        summary.truth_source = truth_source
         summary.truth_place = nearest_places(true[None])[0]
         summary.error_km = float(haversine_km(samples[best], true))
         summary.geoscore = float(geoscore(torch.tensor(summary.error_km)))

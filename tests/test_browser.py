@@ -1,0 +1,78 @@
+"""A real browser (Debian's chromium driven by Playwright) loads the app, uploads an example, runs it, waits for
+the animated globe and the log-density map, checks that no error appeared, and saves a screenshot.
+
+CI: `apt-get install -y chromium` (the Playwright browser download is not reachable). Set GEODEMO_SCREENSHOT to a
+path to keep the screenshot (assets/screenshot.png is made this way).
+"""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+import app
+from app_fixtures import build_test_model
+from geodemo.interactive import make_catalogue
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).is_file():
+    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    folder = build_test_model(tmp_path_factory.mktemp("models") / "browser-test-model")
+    demo = app.build_demo(make_catalogue(str(folder)), device="cpu",
+                          density_grid={"coarse_deg": 30.0, "levels": 1, "max_cells_per_level": 16})
+    port = free_port()
+    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
+                                                   prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_upload_run_and_see_globe_and_map(url, tmp_path):
+    examples, _ = app.example_images()
+    image = examples[0] if examples else None
+    assert image, "assets/examples/ should ship example views"
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        errors = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        page.wait_for_selector(".geodemo-globe .main-svg", timeout=60_000)  # the empty Earth is drawn at load
+        page.locator("input[type=file]").first.set_input_files(image)
+        page.wait_for_selector("button:has-text('Locate')")
+        page.get_by_role("button", name="Locate").click()
+        page.wait_for_function(
+            "() => { const g = document.querySelector('.geodemo-globe');"
+            " return g && g._transitionData && g._transitionData._frames && g._transitionData._frames.length > 1; }",
+            timeout=90_000)
+        page.wait_for_selector("#density-map img", timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#summary').innerText.includes('highest likelihood')"
+                               " && document.querySelectorAll('.progress-text, .eta-bar').length === 0",
+                               timeout=120_000)  # the last refinement has arrived and nothing is pending
+        assert page.locator(".toast-body.error").count() == 0
+        assert page.locator(".geodemo-globe canvas").count() >= 1  # WebGL scene
+        assert "Best guess" in page.locator("#summary").inner_text()
+        shot = tmp_path / "app.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 50_000
+    assert not errors, errors
+    keep = os.environ.get("GEODEMO_SCREENSHOT")
+    if keep:
+        shutil.copyfile(shot, keep)
