@@ -110,11 +110,12 @@ class GeoPipeline:
         logp = self.log_density(grid.latlon, guidance=guidance, **kwargs, **ode_options)
         return grid.lats, grid.lons, logp[0].reshape(grid.shape)
 
-    def localizability(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32,
+    def localizability(self, images=None, embeddings=None, num_samples: int = 256, sample_steps: int = 32,
                        seed: int | None = 0, **ode_options) -> torch.Tensor:
-        """Negative entropy estimate (B,): mean over the model's own samples of log p(sample | c), nats/sr."""
+        """Negative entropy estimate (B,): mean over the model's own samples (drawn with sample_steps sampler
+        steps, guidance 0) of log p(sample | c), in nats per steradian; ode_options go to log_density."""
         emb = self._embeddings(images, embeddings)
-        samples = self.predict(embeddings=emb, num_samples=num_samples, steps=steps, seed=seed).latlon
+        samples = self.predict(embeddings=emb, num_samples=num_samples, steps=sample_steps, seed=seed).latlon
         return self.log_density(samples, embeddings=emb, **ode_options).mean(dim=1)
 
 
