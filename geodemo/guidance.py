@@ -18,4 +18,9 @@ def guided_prediction(network: GeoDenoiser, y: torch.Tensor, gamma: torch.Tensor
         return network(y, gamma, emb)
     both = network(torch.cat((y, y)), torch.cat((gamma, gamma)), torch.cat((emb, torch.zeros_like(emb))))
     cond, uncond = both.chunk(2)
+    return combine_guidance(cond, uncond, guidance)
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """(1 + w) cond - w uncond: the guided value (or tangent) from the conditional and unconditional ones."""
     return (1 + guidance) * cond - guidance * uncond

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from geodemo.guidance import guided_prediction
+from geodemo.guidance import combine_guidance, guided_prediction
 from geodemo.network import GeoDenoiser
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
@@ -49,12 +49,12 @@ def t_at_gamma(schedule: Schedule, gamma: float) -> float:
     return (lo + hi) / 2
 
 
-def _solve(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor, t_start: float,
-           t_end: float, method: str, atol: float, rtol: float, steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, method: str, atol: float, rtol: float,
+           steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrate [y, int div] from t_start to t_end; returns (y(t_end), int div dt)."""
 
     def augmented(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        dy, div = field_and_divergence(lambda y: field(t, y), state[..., :3])
+        dy, div = field.with_divergence(t, state[..., :3])
         return torch.cat((dy, div.unsqueeze(-1)), dim=-1)
 
     state0 = torch.cat((y0, torch.zeros_like(y0[..., :1])), dim=-1)
@@ -67,18 +67,78 @@ def _solve(field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torc
     return state1[..., :3], state1[..., 3]
 
 
+def tangent_basis(p: torch.Tensor) -> torch.Tensor:
+    """(2, ..., 3) orthonormal vectors u1, u2 perpendicular to the unit vectors p (..., 3): u1 = a x p / |a x p|
+    with a = e_z (e_x near the poles), u2 = p x u1."""
+    near_pole = p[..., 2:].abs() > 0.9
+    helper = torch.where(near_pole, p.new_tensor([1.0, 0.0, 0.0]), p.new_tensor([0.0, 0.0, 1.0]))
+    u1 = torch.linalg.cross(helper, p)
+    u1 = u1 / u1.norm(dim=-1, keepdim=True)
+    return torch.stack((u1, torch.linalg.cross(p, u1)))
+
+
+class ODEField:
+    """dy/dt = gamma'(t) v(y, gamma(t)); with on_sphere, v is taken at y/|y| and projected on the tangent plane.
+
+    Calling it gives dy/dt; `with_divergence` also gives its exact divergence. For a GeoDenoiser that is one
+    hand-written forward-mode pass carrying the tangent directions beside the activations (3 in R^3; 2 on the
+    sphere, where the field depends on y/|y| only, so the radial direction adds 0 to the trace), with the
+    conditioning computed once per image; any other network goes through field_and_divergence.
+    Relies on process.velocity(y, pred, gamma) being linear in (y, pred), true of all three processes.
+    """
+
+    def __init__(self, network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor,
+                 guidance: float, on_sphere: bool):
+        self.network, self.process, self.schedule = network, process, schedule
+        self.emb, self.guidance, self.on_sphere = emb, guidance, on_sphere
+
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, dgamma = self.schedule.gamma(t), self.schedule.dgamma(t)
+        point = project(y) if self.on_sphere else y
+        pred = guided_prediction(self.network, point, gamma.expand(y.shape[0]), self.emb, self.guidance)
+        v = self.process.velocity(point, pred, gamma)
+        return dgamma * (project_tangent(point, v) if self.on_sphere else v)
+
+    def with_divergence(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dy/dt (B, M, 3), div_y dy/dt (B, M)) at y (B, M, 3)."""
+        if not isinstance(self.network, GeoDenoiser):
+            return field_and_divergence(lambda pts: self(t, pts), y)
+        gamma, dgamma = self.schedule.gamma(t), self.schedule.dgamma(t)
+        if self.on_sphere:
+            norm = y.norm(dim=-1, keepdim=True)
+            point = y / norm
+            directions = tangent_basis(point)
+            tangents = directions / norm  # d(y/|y|) along a direction u perpendicular to y
+        else:
+            point = y
+            directions = torch.eye(3, dtype=y.dtype, device=y.device).view(3, 1, 1, 3).expand(3, *y.shape)
+            tangents = directions
+        pred, dpred = self._guided_jvp(point, tangents, gamma)
+        v = self.process.velocity(point, pred, gamma)
+        dv = self.process.velocity(tangents, dpred, gamma)
+        if self.on_sphere:  # d[v - (p.v) p] = dv - (dp.v + p.dv) p - (p.v) dp
+            pv = (point * v).sum(-1, keepdim=True)
+            dpv = (tangents * v).sum(-1, keepdim=True) + (point * dv).sum(-1, keepdim=True)
+            v, dv = v - pv * point, dv - dpv * point - pv * tangents
+        return dgamma * v, dgamma * (directions * dv).sum(-1).sum(0)
+
+    def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, gamma: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Guided network output at point (B, M, 3) and its derivatives along tangents (T, B, M, 3)."""
+        batch = point.shape[0]
+        if self.guidance == 0:
+            mods = self.network.modulations(gamma.expand(batch), self.emb)
+            return self.network.jvp_modulated(point, tangents, mods)
+        mods = self.network.modulations(gamma.expand(2 * batch), torch.cat((self.emb, torch.zeros_like(self.emb))))
+        out, dout = self.network.jvp_modulated(torch.cat((point, point)), torch.cat((tangents, tangents), dim=1), mods)
+        (cond, uncond), (dcond, duncond) = out.chunk(2), dout.chunk(2, dim=1)
+        return combine_guidance(cond, uncond, self.guidance), combine_guidance(dcond, duncond, self.guidance)
+
+
 def ode_field(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, guidance: float,
-              on_sphere: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """dy/dt = gamma'(t) v(y, gamma(t)); with on_sphere, v is taken at y/|y| and projected on the tangent plane."""
-
-    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        gamma, dgamma = schedule.gamma(t), schedule.dgamma(t)
-        point = project(y) if on_sphere else y
-        pred = guided_prediction(network, point, gamma.expand(y.shape[0]), emb, guidance)
-        v = process.velocity(point, pred, gamma)
-        return dgamma * (project_tangent(point, v) if on_sphere else v)
-
-    return field
+              on_sphere: bool) -> ODEField:
+    """dy/dt = gamma'(t) v(y, gamma(t)) as a callable (t, y) -> dy/dt; see ODEField."""
+    return ODEField(network, process, schedule, emb, guidance, on_sphere)
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ Parameter names equal the authors' released `model.safetensors` keys, so their w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -60,8 +61,51 @@ class TimeEmbedder(nn.Module):
         return self.map_time(e)
 
 
+class Modulations(NamedTuple):
+    """The adaLN modulations of one (image, gamma) pair, computed once and broadcast over its points.
+
+    blocks[k] = (1 + scale, shift, gate) of block k and final = (1 + scale, shift) of the head, each (..., dim)
+    with the leading shape of the conditioning, e.g. (B, 1, dim) for one gamma per image.
+    """
+
+    blocks: tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], ...]
+    final: tuple[torch.Tensor, torch.Tensor]
+
+    def map(self, fn) -> "Modulations":
+        """The same modulations with fn applied to every tensor (indexing, reshaping, casting)."""
+        return Modulations(tuple(tuple(fn(m) for m in block) for block in self.blocks), tuple(fn(m) for m in self.final))
+
+
+class PointWeights(NamedTuple):
+    """The per-point layers' (weight, bias) pairs in one dtype: input, (mlp in, mlp out) per block, output."""
+
+    initial: tuple[torch.Tensor, torch.Tensor]
+    blocks: tuple[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], ...]
+    final: tuple[torch.Tensor, torch.Tensor]
+
+
+def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Affine-free LayerNorm xh = (x - mean) / sqrt(var + eps) and its tangents
+    d xh = (dc - xh mean(xh dc)) / sqrt(var + eps), dc = dx - mean(dx); x (..., D), dx (T, ..., D)."""
+    centred = x - x.mean(-1, keepdim=True)
+    inv_std = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
+    xh = centred * inv_std
+    dc = dx - dx.mean(-1, keepdim=True)
+    return xh, (dc - xh * (xh * dc).mean(-1, keepdim=True)) * inv_std
+
+
+def _gelu_jvp(u: torch.Tensor, du: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact GELU u Phi(u) and its tangents (Phi(u) + u phi(u)) du."""
+    cdf = 0.5 * (1 + torch.erf(u * 0.7071067811865476))
+    pdf = torch.exp(-0.5 * u * u) * 0.3989422804014327
+    return u * cdf, (cdf + u * pdf) * du
+
+
 class AdaLNBlock(nn.Module):
-    """x <- x + MLP((1 + a) LN(x) + b) * c, with (a, b, c) = Linear(SiLU(cond)) split in three."""
+    """x <- x + MLP((1 + a) LN(x) + b) * c, with (a, b, c) = Linear(SiLU(cond)) split in three.
+
+    The parameters live here; GeoDenoiser.forward_modulated applies them (the modulations come precomputed).
+    """
 
     def __init__(self, dim: int, expansion: int):
         super().__init__()
@@ -72,10 +116,10 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.mlp[3].weight)
         nn.init.zeros_(self.mlp[3].bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1 + scale, shift, gate) = split of Linear(SiLU(cond)), each (..., dim)."""
         scale, shift, gate = self.ada_map(cond).chunk(3, dim=-1)
-        h = (1 + scale) * F.layer_norm(x, x.shape[-1:]) + shift
-        return x + self.mlp(h) * gate
+        return 1 + scale, shift, gate
 
 
 class GeoDenoiser(nn.Module):
@@ -104,10 +148,53 @@ class GeoDenoiser(nn.Module):
         return c + self.time_embedder(gamma)
 
     def forward(self, y: torch.Tensor, gamma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        cond = self.conditioning(gamma.to(y.dtype), emb.to(y.dtype))
-        x = self.initial_mapper(y)
-        for block in self.blocks:
-            x = block(x, cond)
+        return self.forward_modulated(y, self.modulations(gamma.to(y.dtype), emb.to(y.dtype)))
+
+    def modulations(self, gamma: torch.Tensor, emb: torch.Tensor) -> Modulations:
+        """Every adaLN modulation of (gamma, emb): the part of the network that does not see the points.
+
+        gamma (B,) gives (B, 1, dim) tensors that broadcast over the points; gamma (B, N) gives (B, N, dim).
+        """
+        cond = self.conditioning(gamma, emb)
         scale, shift = self.final_adaln(cond).chunk(2, dim=-1)
-        x = (1 + scale) * F.layer_norm(x, x.shape[-1:]) + shift
-        return self.final_linear(x)
+        return Modulations(tuple(block.modulation(cond) for block in self.blocks), (1 + scale, shift))
+
+    def point_weights(self, dtype: torch.dtype | None = None) -> PointWeights:
+        """The per-point layers' parameters, cast to dtype (no copy when it is already theirs)."""
+        pair = lambda lin: (lin.weight.to(dtype), lin.bias.to(dtype))  # noqa: E731
+        return PointWeights(pair(self.initial_mapper), tuple((pair(b.mlp[0]), pair(b.mlp[3])) for b in self.blocks),
+                            pair(self.final_linear))
+
+    def forward_modulated(self, y: torch.Tensor, mods: Modulations, weights: PointWeights | None = None) -> torch.Tensor:
+        """The per-point part: y (..., N, 3) -> (..., N, 3) given precomputed modulations that broadcast
+        against (..., N, dim); with `weights` in another dtype, runs in that dtype and returns y's dtype."""
+        w = weights or self.point_weights()
+        dtype = w.initial[0].dtype
+        x = F.linear(y.to(dtype), *w.initial)
+        for (lin_in, lin_out), (scale1, shift, gate) in zip(w.blocks, mods.blocks):
+            h = torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:]))
+            x = torch.addcmul(x, F.linear(F.gelu(F.linear(h, *lin_in)), *lin_out), gate)
+        scale1, shift = mods.final
+        return F.linear(torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:])), *w.final).to(y.dtype)
+
+    def jvp_modulated(self, y: torch.Tensor, tangents: torch.Tensor, mods: Modulations
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(y) and the directional derivatives J_f(y) t for T tangent fields at once (forward mode by hand).
+
+        y (..., N, 3), tangents (T, ..., N, 3) -> (f(y) (..., N, 3), J t (T, ..., N, 3)). Cost: 1 + T forward passes
+        of the point layers, batched into one matmul per layer; the modulations do not depend on y.
+        """
+        w0, b0 = self.initial_mapper.weight, self.initial_mapper.bias
+        x, dx = F.linear(y, w0, b0), F.linear(tangents, w0)
+        for block, (scale1, shift, gate) in zip(self.blocks, mods.blocks):
+            lin_in, lin_out = block.mlp[0], block.mlp[3]
+            xh, dxh = _layer_norm_jvp(x, dx)
+            both = F.linear(torch.cat((torch.addcmul(shift, scale1, xh).unsqueeze(0), scale1 * dxh)), lin_in.weight)
+            u = both[0] + lin_in.bias
+            a, da = _gelu_jvp(u, both[1:])
+            out = F.linear(torch.cat((a.unsqueeze(0), da)), lin_out.weight)
+            x = torch.addcmul(x, out[0] + lin_out.bias, gate)
+            dx = torch.addcmul(dx, out[1:], gate)
+        scale1, shift = mods.final
+        xh, dxh = _layer_norm_jvp(x, dx)
+        return self.final_linear(torch.addcmul(shift, scale1, xh)), F.linear(scale1 * dxh, self.final_linear.weight)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
-from geodemo.guidance import guided_prediction
-from geodemo.network import GeoDenoiser
+from geodemo.guidance import combine_guidance
+from geodemo.network import GeoDenoiser, Modulations
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
 from geodemo.sphere import project
@@ -39,13 +40,57 @@ def make_generator(seed: int | torch.Generator | None, device: torch.device | st
     return generator
 
 
+MODULATION_BYTES = 64 * 2**20
+"""Memory for the modulations computed ahead of the step loop; more steps are computed in several chunks."""
+
+
+def step_modulations(network: GeoDenoiser, gammas: torch.Tensor, emb: torch.Tensor, guidance: float,
+                     dtype: torch.dtype) -> Iterator[Modulations]:
+    """The modulations of every step k (gamma_k, emb), batched over steps: (B, 1, dim) tensors, or
+    (2, B, 1, dim) with guidance (conditional, then the zero embedding), in dtype.
+
+    They do not depend on the points, so they are computed in a few large matmuls before the points move
+    (chunks of steps bounded by MODULATION_BYTES), in the network's own dtype, and cast to dtype afterwards.
+    """
+    conds = emb if guidance == 0 else torch.cat((emb, torch.zeros_like(emb)))
+    lead = (conds.shape[0],) if guidance == 0 else (2, emb.shape[0])
+    per_step = conds.shape[0] * network.config.dim * (3 * network.config.depth + 2) * 4
+    chunk = max(1, MODULATION_BYTES // per_step)
+    for part in gammas.split(chunk):
+        flat = network.modulations(part.to(conds.dtype).repeat_interleave(conds.shape[0]), conds.repeat(len(part), 1))
+        stacked = flat.map(lambda m: m.to(dtype).reshape(len(part), *lead, *m.shape[1:]))
+        for k in range(len(part)):
+            yield stacked.map(lambda m: m[k])
+
+
+def guided_step_predictions(network: GeoDenoiser, gammas: torch.Tensor, emb: torch.Tensor, guidance: float,
+                            compute_dtype: torch.dtype | None = None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """For each gamma_k, the guided prediction y -> (1 + w) f(y, g_k, c) - w f(y, g_k, 0) of (B, N, 3) points,
+    equal to guidance.guided_prediction with the conditioning precomputed and shared by the N points.
+    compute_dtype: dtype of the per-point layers (e.g. torch.bfloat16); None keeps the network's."""
+    dtype = compute_dtype or network.initial_mapper.weight.dtype
+    weights = network.point_weights(dtype)
+    for mods in step_modulations(network, gammas, emb.to(network.initial_mapper.weight.dtype), guidance, dtype):
+        if guidance == 0:
+            yield lambda y, mods=mods: network.forward_modulated(y, mods, weights)
+        else:
+            def guided(y: torch.Tensor, mods: Modulations = mods) -> torch.Tensor:
+                cond, uncond = network.forward_modulated(y, mods, weights)
+                return combine_guidance(cond, uncond, guidance)
+
+            yield guided
+
+
 @torch.no_grad()
 def sample(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, num_samples: int,
            steps: int = 32, guidance: float = 0.0, seed: int | torch.Generator | None = None,
-           initial_noise: torch.Tensor | None = None, trajectory: bool = False) -> SampleOutput:
+           initial_noise: torch.Tensor | None = None, trajectory: bool = False,
+           compute_dtype: torch.dtype | None = None) -> SampleOutput:
     """Draw num_samples points per embedding. emb (B, C); initial_noise, if given, (B, N, 3).
 
     Noise is drawn on the CPU from `seed` so that the same seed gives the same samples on any device.
+    The state stays float32; compute_dtype=torch.bfloat16 runs the per-point layers in bfloat16 (faster,
+    not bit-equal: see benchmarks/README.md for the size of the change).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -56,10 +101,9 @@ def sample(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torc
     y = initial_noise.to(device=device, dtype=dtype)
     gammas = gamma_grid(schedule, steps, device=device)
     states = [y] if trajectory else None
-    for k in range(steps):
-        g_now, g_next = gammas[k], gammas[k + 1]
-        pred = guided_prediction(network, y, g_now.expand(batch), emb.to(dtype), guidance)
-        y = process.step(y, pred, g_now, g_next)
+    predictions = guided_step_predictions(network, gammas[:-1], emb, guidance, compute_dtype)
+    for k, predict in enumerate(predictions):
+        y = process.step(y, predict(y), gammas[k], gammas[k + 1])
         if states is not None:
             states.append(y)
     traj = torch.stack(states, dim=1) if states is not None else None
