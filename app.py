@@ -104,6 +104,9 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             prediction = sample_image(pipe, embedding, request)
         except (ImageError, ModelUnavailable, ValueError) as err:
             raise gr.Error(str(err)) from None
+        except (RuntimeError, MemoryError) as err:  # e.g. out of memory: the server stays up, the user is told
+            log.exception("sampling failed")
+            raise gr.Error(f"The model failed on this request ({type(err).__name__}); try fewer samples or steps.") from None
         samples = prediction.latlon[0].double()
         truth = loaded.gps or known_location(image_path)
         truth_source = "EXIF GPS" if loaded.gps else "centre of this example view"
@@ -131,8 +134,9 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                 files = write_downloads(sample_rows(samples, logp), summary)
                 state = {**state, "stage": f"density level {level}", "evaluations": cells.evaluations}
                 yield gr.skip(), render_png(fig), summary.to_markdown(), *files, state
-        except ValueError as err:
-            raise gr.Error(f"The log-density could not be computed: {err}") from None
+        except (ValueError, RuntimeError, MemoryError) as err:
+            log.exception("log-density failed")
+            raise gr.Error(f"The log-density map could not be computed ({err}); the samples above still stand.") from None
         log.info("request complete in %.2f s", time.perf_counter() - started)
 
     def describe(model_name):

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 from geodemo.images import ImageError, load_image
-from geodemo.interactive import (LIMITS, ModelCache, ModelUnavailable, check_request, known_location, make_catalogue,
-                                 sample_image, sample_log_density)
+from geodemo.interactive import (LIMITS, SCORED_SAMPLES, ModelCache, ModelUnavailable, check_request, known_location,
+                                 make_catalogue, sample_image, sample_log_density)
 from geodemo.summary import sample_rows, summarize, to_csv
 
 log = logging.getLogger("geodemo.cli")
@@ -35,17 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--seed", type=int, default=0)
     predict.add_argument("--format", choices=("json", "csv", "geojson"), default="json")
     predict.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    predict.add_argument("--scored", type=int, default=SCORED_SAMPLES,
+                         help="how many samples get an exact log-density (the best guess is the best of them)")
     predict.add_argument("--no-likelihood", action="store_true",
                          help="skip the log-densities: faster, the best guess is then the densest sample")
     return parser
 
 
-def predict_one(pipe, path: str, request, with_likelihood: bool) -> tuple[dict, list[dict]]:
+def predict_one(pipe, path: str, request, scored: int) -> tuple[dict, list[dict]]:
     """Summary record and sample rows of one image; raises ImageError / ValueError for a bad file."""
     loaded = load_image(path)
     embedding = pipe.embed(loaded.image)
     samples = sample_image(pipe, embedding, request).latlon[0].double()
-    logp = sample_log_density(pipe, embedding, samples) if with_likelihood else None
+    logp = sample_log_density(pipe, embedding, samples, limit=scored) if scored > 0 else None
     truth = loaded.gps or known_location(path)
     summary = summarize(samples, logp, truth=truth,
                         truth_source="EXIF GPS" if loaded.gps else "centre of this example view")
@@ -66,7 +68,7 @@ def run_predict(args: argparse.Namespace, out: TextIO) -> int:
     records, features, header_written = [], [], False
     for path in args.images:
         try:
-            record, rows = predict_one(pipe, path, request, not args.no_likelihood)
+            record, rows = predict_one(pipe, path, request, 0 if args.no_likelihood else args.scored)
         except (ImageError, ValueError, OSError) as err:
             failures += 1
             print(f"error: {path}: {err}", file=sys.stderr)

@@ -40,7 +40,9 @@ DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
 DENSITY_GUIDANCE = 0.0
 """The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
 sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
-DENSITY_GRID = {"coarse_deg": 15.0, "levels": 2, "max_cells_per_level": 48}
+DENSITY_GRID = {"coarse_deg": 20.0, "levels": 2, "max_cells_per_level": 24}
+SCORED_SAMPLES = 64
+"""How many samples get an exact log-density (for the best guess and the localizability)."""
 
 
 class ModelUnavailable(ValueError):
@@ -210,9 +212,10 @@ def density_options(pipe: GeoPipeline) -> dict:
 
 
 def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
-                       guidance: float = DENSITY_GUIDANCE) -> torch.Tensor:
-    """(N,) log p(sample | image), nats per steradian, for (N, 2) samples."""
-    return pipe.log_density(samples, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
+                       guidance: float = DENSITY_GUIDANCE, limit: int | None = SCORED_SAMPLES) -> torch.Tensor:
+    """(K,) log p(sample | image), nats per steradian, of the first K = min(N, limit) of (N, 2) samples."""
+    scored = samples[:limit] if limit else samples
+    return pipe.log_density(scored, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
 
 
 def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,

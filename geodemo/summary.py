@@ -2,13 +2,14 @@
 the country odds, how localizable the image is, the error against the truth, and files to download.
 
 Definitions:
-  best guess     = the sample of highest log p(sample | image) (PLONK's answer to "one prediction");
+  best guess     = the sample of highest log p(sample | image) (PLONK's answer to "one prediction"), among the
+                   first K samples when only those were scored (the samples are i.i.d., so any K are a fair draw);
                    before the likelihood is known, the sample of highest kernel density among the samples.
   mode mass      = probability within `radius_km` of the mode: density mass of the cells whose centre is
                    inside, or the share of samples inside when no density is available.
   country odds   = integral of the density over each country (cells split into sub-cells, each looked up
                    in the shipped country raster), or the share of samples per country.
-  localizability = mean over the samples of log p(sample | image) (a negative-entropy estimate, nats/sr).
+  localizability = mean over the scored samples of log p(sample | image) (a negative-entropy estimate, nats/sr).
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Summary:
     countries: list[CountryOdds]
     source: str
     num_samples: int
+    num_scored: int = 0
+    """How many samples (the first ones) have a computed log-density; the best guess is the best of them."""
     localizability: float | None = None
     density_integral: float | None = None
     truth: tuple[float, float] | None = None
@@ -72,7 +75,8 @@ class Summary:
         """A short report for people."""
         lat, lon = self.best_guess
         lines = [f"### Best guess: {self.best_guess_place.label()}", "",
-                 f"{_format_latlon(lat, lon)} — {self.best_guess_rule} of {self.num_samples} samples", ""]
+                 f"{_format_latlon(lat, lon)} — {self.best_guess_rule} of "
+                 f"{self.num_scored or self.num_samples} samples (of {self.num_samples} drawn)", ""]
         if self.truth is not None:
             lines.append(f"**True location ({self.truth_source or 'given'}):** "
                          f"{self.truth_place.label() if self.truth_place else ''} "
@@ -151,13 +155,15 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
               cells: DensityCells | None = None, truth: tuple[float, float] | None = None,
               truth_source: str = "EXIF GPS", max_modes: int = 3, top_countries: int = 5,
               radius_km: float = MODE_RADIUS_KM) -> Summary:
-    """Summary of (N, 2) degree samples of one image, using their log-densities (N,) and the density cells
-    when given."""
+    """Summary of (N, 2) degree samples of one image, using the log-densities (K,) of the first K <= N samples
+    and the density cells when given."""
     samples = torch.as_tensor(samples, dtype=torch.float64).reshape(-1, 2)
     if samples.shape[0] == 0:
         raise ValueError("no samples to summarise")
     if sample_log_density is not None:
         sample_log_density = torch.as_tensor(sample_log_density, dtype=torch.float64).reshape(-1)
+        if not 0 < len(sample_log_density) <= len(samples):
+            raise ValueError(f"got {len(sample_log_density)} log-densities for {len(samples)} samples")
         best = int(sample_log_density.argmax())
         rule, best_logp = "highest likelihood", float(sample_log_density[best])
     else:
@@ -184,6 +190,7 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
                    for i in order if odds[i] > 0],
         source=source,
         num_samples=int(samples.shape[0]),
+        num_scored=len(sample_log_density) if sample_log_density is not None else 0,
         localizability=float(sample_log_density.mean()) if sample_log_density is not None else None,
         density_integral=cells.total_mass() if cells is not None else None,
     )
@@ -201,12 +208,13 @@ SAMPLE_FIELDS = ("sample", "lat", "lon", "log_density", "place", "country", "dis
 
 
 def sample_rows(samples: torch.Tensor, sample_log_density: torch.Tensor | None = None) -> list[dict]:
-    """One dict per sample: index, lat, lon, log p (nats/sr, empty when unknown), nearest place and country."""
+    """One dict per sample: index, lat, lon, log p (nats/sr; empty past the K scored ones), place and country."""
     samples = torch.as_tensor(samples, dtype=torch.float64).reshape(-1, 2)
     places = nearest_places(samples)
     country = country_index(samples.numpy())
     names = countries().names
-    logp = sample_log_density.tolist() if sample_log_density is not None else [None] * len(samples)
+    logp = sample_log_density.tolist() if sample_log_density is not None else []
+    logp = logp + [None] * (len(samples) - len(logp))
     return [{"sample": i, "lat": round(float(lat), 6), "lon": round(float(lon), 6),
              "log_density": None if lp is None else round(float(lp), 4), "place": p.name,
              "country": names[c], "distance_to_place_km": round(p.distance_km, 1)}
