@@ -9,6 +9,7 @@ encoder, random weights) and says so: timings depend on the size, not on the wei
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,16 @@ def stand_in_model(folder: Path) -> Path:
         for block in network.blocks:
             block.mlp[3].weight.normal_(0, 0.02)
     return save_checkpoint(folder, network, "rfm_s2", schedule_to_config(SigmoidSchedule()), "efficientnet_lite0")
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of fp32 matrix products right now: says how much of the CPU this run actually had."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def main() -> None:
@@ -66,6 +77,7 @@ def main() -> None:
         return result
 
     pipe.embed(load_image(args.image).image)  # warm-up: builds the encoder, first-call allocations
+    rate_before = matmul_rate()
     t0 = time.perf_counter()
     loaded = timed("load image", lambda: load_image(args.image))
     emb = timed("encode", lambda: pipe.embed(loaded.image))
@@ -73,12 +85,12 @@ def main() -> None:
                  lambda p: f"{args.samples} samples x {args.steps} steps, w={args.guidance}")
     samples = pred.latlon[0].double()
     summary = timed("summary (samples)", lambda: summarize(samples, truth=loaded.gps))
-    fig = timed("globe figure + JSON", lambda: globe_figure(pred.trajectories_xyz[0], samples,
+    timed("globe figure + JSON", lambda: globe_figure(pred.trajectories_xyz[0], samples,
                                                             best_guess=summary.best_guess).to_json(),
                 lambda js: f"{len(js) / 1e6:.2f} MB sent")
     first = time.perf_counter() - t0
     logp = timed("log p of the samples", lambda: sample_log_density(pipe, emb, samples),
-                 lambda lp: f"{args.samples} points")
+                 lambda lp: f"first {len(lp)} samples")
     stages = iter(density_stages(pipe, emb, samples))
     level = 0
     while True:
@@ -92,8 +104,9 @@ def main() -> None:
                                                                                 best_guess=summary.best_guess)))
         level += 1
     total = time.perf_counter() - t0
-    del fig
     print(f"model: {label}; torch threads: {torch.get_num_threads()}; image: {Path(args.image).name}")
+    print(f"CPU available (2048^3 fp32 matmul): {rate_before:.0f} GFLOP/s before, {matmul_rate():.0f} after; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'stage':<28}{'seconds':>9}  note")
     for name, seconds, note in rows:
         print(f"{name:<28}{seconds:>9.2f}  {note}")

@@ -65,6 +65,9 @@ def test_upload_run_and_see_globe_and_map(url, tmp_path):
         page.wait_for_function("() => document.querySelector('#summary').innerText.includes('highest likelihood')"
                                " && document.querySelectorAll('.progress-text, .eta-bar').length === 0",
                                timeout=120_000)  # the last refinement has arrived and nothing is pending
+        page.locator(".geodemo-globe .updatemenu-button").first.click()  # ▶ Play: the animation advances
+        page.wait_for_function("() => document.querySelector('.geodemo-globe').layout.sliders[0].active > 3",
+                               timeout=60_000)
         assert page.locator(".toast-body.error").count() == 0
         assert page.locator(".geodemo-globe canvas").count() >= 1  # WebGL scene
         assert "Best guess" in page.locator("#summary").inner_text()
