@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from geodemo.checkpoint import CheckpointError, load_network, read_info
-from geodemo.embedded import embedded_model_path
+from geodemo import hub
+from geodemo.embedded import available_embedded_models, embedded_model_path
 from geodemo.encoders import Encoder, get_encoder
 from geodemo.grids import latlon_grid
 from geodemo.likelihood import log_density
 from geodemo.network import GeoDenoiser
 from geodemo.processes import Process, process_from_name
-from geodemo.sampling import sample
+from geodemo.sampling import make_generator, sample
 from geodemo.schedules import Schedule, schedule_from_config
 from geodemo.sphere import latlon_to_xyz, xyz_to_latlon
 
@@ -29,6 +31,22 @@ class Prediction:
     latlon: torch.Tensor
     trajectories: torch.Tensor | None = None
     trajectories_xyz: torch.Tensor | None = None
+
+
+@dataclass
+class BestGuess:
+    """One answer per image: latlon (B, 2) degrees = the sample of highest log p(sample | image) among
+    samples (B, N, 2); sample_log_density (B, N) nats per steradian, log_density (B,) the winner's."""
+
+    latlon: torch.Tensor
+    log_density: torch.Tensor
+    samples: torch.Tensor
+    sample_log_density: torch.Tensor
+
+
+MAX_POINTS_PER_CHUNK = 262_144
+"""Network evaluations (points x guidance passes) per sampler call in batch inference: ~2.4 GB of
+activations at dim 512 in fp32; lower it on small GPUs."""
 
 
 def default_device() -> torch.device:
@@ -88,6 +106,61 @@ class GeoPipeline:
         traj = out.trajectory.cpu()
         return Prediction(latlon=latlon, trajectories=xyz_to_latlon(traj), trajectories_xyz=traj)
 
+    def predict_batch(self, images=None, embeddings=None, num_samples: int = 64, steps: int = 32,
+                      guidance: float = 0.0, seed: int | torch.Generator | None = None,
+                      max_points: int = MAX_POINTS_PER_CHUNK, image_batch: int = 32) -> Prediction:
+        """predict() for many images x many samples, in chunks of at most max_points network evaluations.
+
+        All initial noise is drawn first (on the CPU, from seed), so the samples do not depend on the chunking;
+        images are embedded image_batch at a time. Returns latlon (B, N, 2) degrees on the CPU.
+        """
+        if images is not None and embeddings is None:
+            images = [images] if isinstance(images, Image.Image) else list(images)
+            if not images:
+                raise ValueError("no images given")
+            emb = torch.cat([self._embeddings(images[i:i + image_batch], None) for i in range(0, len(images), image_batch)])
+        else:
+            emb = self._embeddings(images, embeddings)
+        noise = self.process.initial_noise((emb.shape[0], num_samples), generator=make_generator(seed))
+        per_image = max(1, max_points // (1 if guidance == 0 else 2))
+        sample_chunk = min(num_samples, per_image)
+        image_chunk = max(1, per_image // max(num_samples, 1))
+        rows = []
+        for i in range(0, emb.shape[0], image_chunk):
+            parts = []
+            for j in range(0, num_samples, sample_chunk):
+                chunk_noise = noise[i:i + image_chunk, j:j + sample_chunk]
+                parts.append(sample(self.network, self.process, self.schedule, emb[i:i + image_chunk],
+                                    num_samples=chunk_noise.shape[1], steps=steps, guidance=guidance,
+                                    initial_noise=chunk_noise).xyz)
+            rows.append(xyz_to_latlon(torch.cat(parts, dim=1)).cpu())
+        return Prediction(latlon=torch.cat(rows) if rows else torch.empty(0, num_samples, 2))
+
+    def best_guess(self, images=None, embeddings=None, num_samples: int = 64, steps: int = 32, guidance: float = 2.0,
+                   seed: int | torch.Generator | None = 0, density_guidance: float = 0.0,
+                   max_points: int = MAX_POINTS_PER_CHUNK, **ode_options) -> BestGuess:
+        """The highest-likelihood sample among num_samples per image (the authors' one-prediction answer).
+
+        Samples are drawn with `guidance` (PLONK evaluates point estimates at w = 2) and ranked by
+        log p(sample | image) at `density_guidance` (0: the model's own density, as its NLL).
+        """
+        emb = self._embeddings(images, embeddings)
+        samples = self.predict_batch(embeddings=emb, num_samples=num_samples, steps=steps, guidance=guidance,
+                                     seed=seed, max_points=max_points).latlon
+        logp = self.log_density(samples, embeddings=emb, guidance=density_guidance, **ode_options)
+        best = logp.argmax(dim=1)
+        rows = torch.arange(samples.shape[0])
+        return BestGuess(latlon=samples[rows, best], log_density=logp[rows, best], samples=samples,
+                         sample_log_density=logp)
+
+    def mode(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32, guidance: float = 0.0,
+             seed: int | torch.Generator | None = 0, bandwidth_km: float | None = None,
+             max_points: int = MAX_POINTS_PER_CHUNK) -> torch.Tensor:
+        """(B, 2) degrees: per image, the sample of highest kernel density among its samples (no ODE)."""
+        samples = self.predict_batch(images, embeddings, num_samples=num_samples, steps=steps, guidance=guidance,
+                                     seed=seed, max_points=max_points).latlon
+        return samples_mode(samples, bandwidth_km)
+
     def log_density(self, latlon, images=None, embeddings=None, guidance: float = 0.0, **ode_options) -> torch.Tensor:
         """log p(latlon | image) in nats per steradian, (B, M). latlon: (M, 2) shared or (B, M, 2) degrees."""
         emb = self._embeddings(images, embeddings)
@@ -119,14 +192,64 @@ class GeoPipeline:
         return self.log_density(samples, embeddings=emb, **ode_options).mean(dim=1)
 
 
-def load(name_or_path: str | Path, device: torch.device | str | None = None) -> GeoPipeline:
-    """Load a model from a local folder holding config.json + model.safetensors (the hub format),
-    or a model shipped in assets/ by name ("default", "earth-flow", ...: geodemo.embedded)."""
-    folder = embedded_model_path(str(name_or_path)) or Path(name_or_path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{name_or_path!r} is not a model folder (config.json + model.safetensors)")
+def samples_mode(samples: torch.Tensor, bandwidth_km: float | None = None) -> torch.Tensor:
+    """(B, 2): for each image the sample of samples (B, N, 2) degrees with the highest Gaussian kernel density
+    (haversine distance, bandwidth_km; geodemo.summary's KDE) among that image's samples."""
+    from geodemo.summary import KDE_BANDWIDTH_KM, kde_scores
+
+    h = KDE_BANDWIDTH_KM if bandwidth_km is None else bandwidth_km
+    return torch.stack([s[kde_scores(s, h).argmax()] for s in samples]) if len(samples) else samples[:, 0]
+
+
+FolderOrResolver = str | Path | Callable[[], str | Path]
+_REGISTERED_MODELS: dict[str, FolderOrResolver] = {
+    name: partial(embedded_model_path, name) for name in available_embedded_models()
+}
+
+
+def register_model(name: str, folder_or_resolver: FolderOrResolver) -> None:
+    """Make geodemo.load(name) open a folder, or the folder a resolver returns when first asked (downloads,
+    unpacking). Local folders named `name` still win; hub ids come last."""
+    _REGISTERED_MODELS[name] = folder_or_resolver
+
+
+def registered_models() -> list[str]:
+    return sorted(_REGISTERED_MODELS)
+
+
+def resolve_model_folder(name_or_path: str | Path) -> Path:
+    """A local folder -> itself; a registered name -> its folder; a hub id ('owner/name') -> the downloaded
+    (or cached) snapshot. Anything else is a CheckpointError saying which forms are accepted."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    name = str(name_or_path)
+    if name in _REGISTERED_MODELS:
+        target = _REGISTERED_MODELS[name]
+        return Path(target() if callable(target) else target)
+    if hub.is_hub_id(name) and not path.exists():
+        return hub.resolve(name)
+    raise CheckpointError(
+        f"{name!r} is not a model folder (config.json + model.safetensors), a registered model "
+        f"({', '.join(registered_models())}) or a hub id such as 'nicolas-dufour/PLONK_YFCC'"
+    )
+
+
+def load(name_or_path: str | Path, device: torch.device | str | None = None, *, process: str | None = None,
+         encoder: str | None = None) -> GeoPipeline:
+    """Load a model: a local folder holding config.json + model.safetensors (the hub format), a registered name
+    (the shipped models: "default", "earth-flow", ...), or a hub id such as nicolas-dufour/PLONK_OSV_5M.
+
+    Process, schedule and encoder come from config.json's "geodemo" entry; for the authors' released models
+    (plain config.json) from the id or the folder's name (geodemo.hub.official_model); `process` / `encoder`
+    override both.
+    """
+    folder = resolve_model_folder(name_or_path)
     info = read_info(folder)
     network = load_network(folder, info)
-    process = process_from_name(info.process or "rfm_s2")
-    schedule = schedule_from_config(info.schedule)
-    return GeoPipeline(network, process, schedule, encoder=info.encoder, device=device, name=str(name_or_path))
+    official = hub.official_model(name_or_path) or hub.official_model(folder.resolve())
+    process_name = process or info.process or (official.process if official else "rfm_s2")
+    schedule = schedule_from_config(info.schedule or (official.schedule if official else None))
+    encoder_name = encoder or info.encoder or (official.encoder if official else None)
+    return GeoPipeline(network, process_from_name(process_name), schedule, encoder=encoder_name, device=device,
+                       name=official.hub_id if official and not Path(name_or_path).is_dir() else str(name_or_path))

@@ -46,3 +46,11 @@ def _efficientnet_lite0() -> Encoder:
 
 
 register_encoder("efficientnet_lite0", _efficientnet_lite0)
+
+
+# The encoders of the authors' released models: built on first use, nothing is downloaded here.
+from geodemo.encoders.dinov2 import dinov2_encoder  # noqa: E402
+from geodemo.encoders.street_clip import street_clip_encoder  # noqa: E402
+
+register_encoder("street_clip", street_clip_encoder)
+register_encoder("dinov2_vitl14_reg", dinov2_encoder)

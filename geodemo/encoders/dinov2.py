@@ -1,0 +1,28 @@
+"""DINOv2 ViT-L/14 with 4 registers (PLONK's YFCC and iNaturalist encoder) through timm.
+
+timm's `vit_large_patch14_reg4_dinov2.lvd142m` holds the weights of torch.hub's `dinov2_vitl14_reg`; built at
+336 px, timm resamples the 37 x 37 position grid to 24 x 24 bicubically with antialiasing at load time, as the
+torch.hub model does at every forward pass. Embedding = the final-LayerNorm'd CLS token ("x_norm_clstoken",
+what the torch.hub model returns). Preprocessing = the largest centre square, bicubic 336, ImageNet mean / std.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from geodemo.encoders.backbones import BackboneEncoder, square_crop_preprocess, timm_encoder
+
+TIMM_MODEL = "vit_large_patch14_reg4_dinov2.lvd142m"
+IMAGE_SIZE = 336
+DIM = 1024
+
+
+def dinov2_encoder(weights: str | Path | None = None) -> BackboneEncoder:
+    """The 1024-d DINOv2-reg encoder; weights: a local timm-format model.safetensors (or a folder holding one),
+    else timm's hub weights (cached after the first download)."""
+    if weights is not None and Path(weights).is_dir():
+        weights = Path(weights) / "model.safetensors"
+    return timm_encoder("dinov2_vitl14_reg", TIMM_MODEL, DIM, img_size=IMAGE_SIZE,
+                        weights=str(weights) if weights is not None else None,
+                        preprocess=partial(square_crop_preprocess, size=IMAGE_SIZE))
