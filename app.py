@@ -19,7 +19,7 @@ import torch
 from geodemo.embedded import example_views
 from geodemo.images import ImageError, load_image
 from geodemo.interactive import (LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request, density_stages,
-                                 known_location, make_catalogue, sample_image, sample_log_density)
+                                 known_location, make_catalogue, sample_image)
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.summary import sample_rows, summarize, to_csv, to_geojson
 
@@ -123,9 +123,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             yield gr.skip(), render_png(fig), gr.skip(), gr.skip(), gr.skip(), state
             return
         try:
-            progress(0.45, desc="Log-density of the samples (for the best guess)")
-            logp = sample_log_density(pipe, embedding, samples)
-            for level, cells in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
+            progress(0.45, desc="Log-density on a coarse grid and at the samples")
+            for level, (cells, logp) in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
                 progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
                 summary = summarize(samples, logp, cells, truth=truth, truth_source=truth_source)
                 title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
@@ -195,12 +194,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per request (requests run two at a time; small networks "
+                             "gain nothing from more threads, and more threads than cores stall)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     args = parse_args()
+    torch.set_num_threads(max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but no CUDA GPU is visible")
     demo = build_demo(make_catalogue(args.model), device=args.device, default_model=args.model and (

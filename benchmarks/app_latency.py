@@ -1,7 +1,8 @@
 """App latency of the default request (the app's own code path, without the browser), printed as a table.
 
 Targets (embedded model, 2-core CPU): samples + animated globe < 3 s; complete log-density map < 15 s.
-Usage: python benchmarks/app_latency.py [--model default] [--image assets/examples/nile_delta.jpg] [--threads 2]
+Usage: python benchmarks/app_latency.py [--model default] [--image assets/examples/nile_delta.jpg] [--threads 1]
+       [--coarse-deg 20 --levels 2 --max-cells 24]
 Without a shipped model on disk it times a stand-in of the shipped size (dim 256, depth 8, EfficientNet-Lite0
 encoder, random weights) and says so: timings depend on the size, not on the weights.
 """
@@ -18,8 +19,7 @@ import torch
 
 from geodemo.checkpoint import save_checkpoint
 from geodemo.images import load_image
-from geodemo.interactive import (Request, density_stages, make_catalogue, ModelCache, sample_image,
-                                 sample_log_density)
+from geodemo.interactive import DENSITY_GRID, ModelCache, Request, density_stages, make_catalogue, sample_image
 from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
@@ -55,7 +55,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the app's default is 1)")
+    parser.add_argument("--coarse-deg", type=float, default=DENSITY_GRID["coarse_deg"])
+    parser.add_argument("--levels", type=int, default=DENSITY_GRID["levels"])
+    parser.add_argument("--max-cells", type=int, default=DENSITY_GRID["max_cells_per_level"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -89,16 +92,18 @@ def main() -> None:
                                                             best_guess=summary.best_guess).to_json(),
                 lambda js: f"{len(js) / 1e6:.2f} MB sent")
     first = time.perf_counter() - t0
-    logp = timed("log p of the samples", lambda: sample_log_density(pipe, emb, samples),
-                 lambda lp: f"first {len(lp)} samples")
-    stages = iter(density_stages(pipe, emb, samples))
+    stages = iter(density_stages(pipe, emb, samples, coarse_deg=args.coarse_deg, levels=args.levels,
+                                 max_cells_per_level=args.max_cells))
     level = 0
     while True:
-        cells = timed(f"density level {level}", lambda: next(stages, None),
-                      lambda c: f"{c.evaluations} evaluations in total, integral {c.total_mass():.3f}" if c else "")
-        if cells is None:
+        stage = timed(f"density level {level}", lambda: next(stages, None),
+                      lambda st: f"{st[0].evaluations} grid points in total"
+                                 f"{f' + {len(st[1])} samples' if level == 0 else ''}, "
+                                 f"integral {st[0].total_mass():.3f}" if st else "")
+        if stage is None:
             rows.pop()
             break
+        cells, logp = stage
         summary = timed(f"summary level {level}", lambda: summarize(samples, logp, cells, truth=loaded.gps))
         timed(f"map render level {level}", lambda: render_png(density_map_figure(cells, samples,
                                                                                 best_guess=summary.best_guess)))
