@@ -5,6 +5,7 @@ Not a real geolocator: it exists so that the app, the CLI and the plots can be e
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 
 from geodemo.checkpoint import save_checkpoint
 from geodemo.encoders import available_encoders, register_encoder
+from geodemo.interactive import make_catalogue
 from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
 
@@ -61,3 +63,20 @@ def write_test_image(path: Path, size=(96, 64), colour=(40, 120, 200)) -> Path:
     pixels = np.clip(np.array(colour)[None, None] * (0.5 + 0.5 * x) + 60 * y, 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(path, quality=90)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(model_folder: Path, density_grid: dict):
+    """Start the real app (app.py) on a free localhost port in this process; returns (url, demo)."""
+    import app
+
+    demo = app.build_demo(make_catalogue(str(model_folder)), device="cpu", density_grid=density_grid)
+    port = free_port()
+    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
+                                                   prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/", demo

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import socket
 import threading
 
 import numpy as np
@@ -11,27 +10,16 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
-from app_fixtures import build_test_model, write_test_image
-from geodemo.interactive import make_catalogue
+from app_fixtures import build_test_model, launch_app, write_test_image
 
 MODEL = "app-test-model"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = build_test_model(tmp_path_factory.mktemp("models") / MODEL)
-    demo = app.build_demo(make_catalogue(str(folder)), device="cpu",
-                          density_grid={"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8})
-    port = free_port()
-    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    url, demo = launch_app(folder, density_grid={"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8})
+    yield url
     demo.close()
 
 

@@ -7,39 +7,27 @@ path to keep the screenshot (assets/screenshot.png is made this way).
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 import app
-from app_fixtures import build_test_model
-from geodemo.interactive import make_catalogue
+from app_fixtures import build_test_model, launch_app
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
 
-playwright_api = pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).is_file():
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     folder = build_test_model(tmp_path_factory.mktemp("models") / "browser-test-model")
-    demo = app.build_demo(make_catalogue(str(folder)), device="cpu",
-                          density_grid={"coarse_deg": 30.0, "levels": 1, "max_cells_per_level": 16})
-    port = free_port()
-    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
-                                                   prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    url, demo = launch_app(folder, density_grid={"coarse_deg": 30.0, "levels": 1, "max_cells_per_level": 16})
+    yield url
     demo.close()
 
 
@@ -47,7 +35,7 @@ def test_upload_run_and_see_globe_and_map(url, tmp_path):
     examples, _ = app.example_images()
     image = examples[0] if examples else None
     assert image, "assets/examples/ should ship example views"
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1300})
         errors = []
