@@ -145,37 +145,41 @@ def ode_field(network: GeoDenoiser, process: Process, schedule: Schedule, emb: t
 def r3_log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, y: torch.Tensor,
                    t_start: float, guidance: float = 0.0, method: str = "dopri5", atol: float = 1e-5,
                    rtol: float = 1e-5, steps: int | None = None) -> torch.Tensor:
-    """log p_t(y) in R^3 (B, M) of an R^3 process at t = t_start: Gaussian base N(0, I) at the noise end."""
+    """log p_t(y) in R^3 (B, M) of an R^3 process at t = t_start; at the noise end the base is the Gaussian
+    N(0, v I) with the marginal's variance v (Process.base_variance), N(0, I) up to O(gamma)."""
     field = ode_field(network, process, schedule, emb.to(y.dtype), guidance, on_sphere=False)
     t_end = t_at_gamma(schedule, process.ode_end_gamma) if process.ode_end_gamma > 0 else 1.0
+    var = process.base_variance(float(schedule.gamma(torch.tensor(t_end, dtype=torch.float64))))
     y1, int_div = _solve(field, y, t_start, t_end, method, atol, rtol, steps)
-    return -0.5 * y1.pow(2).sum(-1) - 1.5 * math.log(2 * math.pi) + int_div
+    return -0.5 * y1.pow(2).sum(-1) / var - 1.5 * math.log(2 * math.pi * var) + int_div
 
 
-def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float, nodes: int
+def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0
                       ) -> tuple[float, np.ndarray, np.ndarray]:
-    """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k): Gauss-Hermite nodes around the
-    signal scale a with the noise scale s at the noise level where s = radial_sigma (y = a x0 + s n)."""
+    """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k) at the noise level where the noise
+    scale s equals radial_sigma (y = a x0 + s n): Gauss-Legendre in u with r = a + s sinh(u), dr = s cosh(u) du,
+    over r in [a - reach s, a + reach s] (kept > 0): dense where the radial mass is, thin in the tails."""
     t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
     a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
-    x, w = np.polynomial.hermite.hermgauss(nodes)
-    radii = a + math.sqrt(2) * s * x
-    log_w = np.log(w) + x**2 + math.log(math.sqrt(2) * s)
-    keep = radii > 0
-    return t_start, radii[keep], log_w[keep]
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    lo, hi = math.asinh(max(-reach, (0.02 - a) / s)), math.asinh(reach)
+    u = lo + (x + 1) * (hi - lo) / 2
+    radii = a + s * np.sinh(u)
+    log_w = np.log(w * (hi - lo) / 2 * s * np.cosh(u))
+    return t_start, radii, log_w
 
 
 @torch.no_grad()
 def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, xyz: torch.Tensor,
                 guidance: float = 0.0, mode: Mode = "riemannian", method: str = "dopri5", atol: float = 1e-5,
-                rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02, radial_nodes: int = 10,
+                rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02, radial_nodes: int = 20,
                 chunk_size: int = 8192) -> torch.Tensor:
     """log p(xyz | emb) in nats per steradian, shape (B, M). emb (B, C), xyz (B, M, 3) unit vectors.
 
     mode="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
     mode="ambient" (RFM, the authors' convention): raw field and R^3 divergence; not normalised on S^2.
     R^3 processes: the density of the directions y/|y| at noise level sigma = radial_sigma (y = a x0 + sigma n),
-    p_S2(u) = int p_R3(r u) r^2 dr, by Gauss-Hermite quadrature around r = a with width sigma.
+    p_S2(u) = int p_R3(r u) r^2 dr, by a sinh-mapped Gauss-Legendre rule in r around r = a (radial_quadrature).
     method: a torchdiffeq solver; "euler" / "midpoint" / "rk4" take `steps` fixed steps.
     """
     if mode not in ("riemannian", "ambient"):

@@ -90,8 +90,8 @@ def test_riemannian_density_of_a_random_network_integrates_to_one():
     assert not torch.allclose(ambient, adaptive, atol=1e-2)
 
 
-@pytest.mark.parametrize("process,s0", [(FlowR3(), 0.5), (DiffusionR3(), 0.5), (FlowR3(), 1.3)],
-                         ids=["flow-0.5", "diffusion-0.5", "flow-1.3"])
+@pytest.mark.parametrize("process,s0", [(FlowR3(), 0.5), (DiffusionR3(), 3**-0.5), (FlowR3(), 1.3)],
+                         ids=["flow-0.5", "diffusion-0.58", "flow-1.3"])
 def test_r3_density_matches_the_gaussian_marginal(process, s0):
     net = LinearField(process.name, s0)
     t_start = t_at_gamma(SCHEDULE, 0.7)
@@ -110,3 +110,17 @@ def test_bad_inputs_are_refused():
         log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz)
     with pytest.raises(ValueError, match="ambient"):
         log_density(net, FlowR3(), SCHEDULE, torch.randn(1, 8), project(torch.randn(1, 2, 3)), mode="ambient")
+
+
+@pytest.mark.parametrize("process", [FlowR3(), DiffusionR3()], ids=lambda p: p.name)
+@pytest.mark.parametrize("width", [0.3, 1.0, 2.5])
+def test_radial_quadrature_integrates_peaked_and_broad_profiles(process, width):
+    """int r^2 N(r; a, (width s)^2) dr = a^2 + (width s)^2 for the radial profiles a trained model produces."""
+    from geodemo.likelihood import radial_quadrature
+    t_start, radii, log_w = radial_quadrature(process, SCHEDULE, 0.02, 20)
+    a, s = process.signal_and_noise(float(SCHEDULE.gamma(torch.tensor(t_start, dtype=torch.float64))))
+    assert s == pytest.approx(0.02, rel=1e-6)
+    sd = width * s
+    r, w = torch.as_tensor(radii), torch.as_tensor(log_w).exp()
+    gauss = torch.exp(-0.5 * ((r - a) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+    assert (w * r**2 * gauss).sum().item() == pytest.approx(a**2 + sd**2, rel=2e-3)
