@@ -32,7 +32,7 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
     proj = {"equal_earth": ccrs.EqualEarth(), "robinson": ccrs.Robinson()}[projection]
     fig = Figure(figsize=size, dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.02, 0.12, 0.96, 0.8), projection=proj)
+    ax = fig.add_axes((0.02, 0.2, 0.96, 0.73), projection=proj)
     ax.set_global()
     plate = ccrs.PlateCarree()
     if cells is not None:
@@ -42,7 +42,7 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
         lon_edges = np.concatenate(([-180.0], (lons[:-1] + lons[1:]) / 2, [180.0]))
         mesh = ax.pcolormesh(lon_edges, lat_edges, np.ma.masked_invalid(image), transform=plate, cmap=COLORMAP,
                              vmin=top - DYNAMIC_RANGE_NATS, vmax=top, shading="flat", rasterized=True)
-        cax = fig.add_axes((0.2, 0.07, 0.6, 0.03))
+        cax = fig.add_axes((0.2, 0.11, 0.6, 0.03))
         bar = fig.colorbar(mesh, cax=cax, orientation="horizontal", extend="min")
         bar.set_label("log density  log p(location | image)  [nats per steradian]")
     ax.coastlines(resolution="110m", linewidth=0.6, color="#d0d0d0" if cells is not None else "#404040")
