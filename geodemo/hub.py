@@ -92,7 +92,7 @@ def _unreachable(repo_id: str, why: str, files: tuple[str, ...]) -> HubUnavailab
     local = repo_id.split("/")[-1]
     return HubUnavailableError(
         f"Cannot load {repo_id!r}: {why} and it is not in the local Hugging Face cache; on a connected machine run "
-        f"`{download_command(repo_id, files)}`, copy that folder here and pass its path, e.g. geodemo.load({local!r})."
+        f"`{download_command(repo_id, files)}`, copy that folder here and pass its path: geodemo.load({local!r})."
     )
 
 

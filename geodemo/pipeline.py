@@ -136,16 +136,17 @@ class GeoPipeline:
             rows.append(xyz_to_latlon(torch.cat(parts, dim=1)).cpu())
         return Prediction(latlon=torch.cat(rows) if rows else torch.empty(0, num_samples, 2))
 
-    def best_guess(self, images=None, embeddings=None, num_samples: int = 64, steps: int = 32, guidance: float = 2.0,
+    def best_guess(self, images=None, embeddings=None, num_samples: int = 64, sample_steps: int = 32, guidance: float = 2.0,
                    seed: int | torch.Generator | None = 0, density_guidance: float = 0.0,
                    max_points: int = MAX_POINTS_PER_CHUNK, **ode_options) -> BestGuess:
         """The highest-likelihood sample among num_samples per image (the authors' one-prediction answer).
 
-        Samples are drawn with `guidance` (PLONK evaluates point estimates at w = 2) and ranked by
-        log p(sample | image) at `density_guidance` (0: the model's own density, as its NLL).
+        Samples are drawn with sample_steps sampler steps and `guidance` (PLONK evaluates point estimates at
+        w = 2) and ranked by log p(sample | image) at `density_guidance` (0: the model's own density, as its NLL);
+        ode_options go to log_density.
         """
         emb = self._embeddings(images, embeddings)
-        samples = self.predict_batch(embeddings=emb, num_samples=num_samples, steps=steps, guidance=guidance,
+        samples = self.predict_batch(embeddings=emb, num_samples=num_samples, steps=sample_steps, guidance=guidance,
                                      seed=seed, max_points=max_points).latlon
         logp = self.log_density(samples, embeddings=emb, guidance=density_guidance, **ode_options)
         best = logp.argmax(dim=1)

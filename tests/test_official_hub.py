@@ -1,0 +1,157 @@
+"""Hub ids, local copies and registered names in geodemo.load; batch inference, best guess and mode. No network."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx2
+import huggingface_hub
+import huggingface_hub.constants
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import geodemo
+from geodemo import hub
+from geodemo.checkpoint import CheckpointError, save_checkpoint
+from geodemo.pipeline import register_model, samples_mode
+from tests.conftest import random_network
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def authors_folder(folder, dim: int = 32, seed: int = 0):
+    """A checkpoint as the authors publish it: their config.json fields only, no geodemo entry."""
+    net = random_network(dim=dim, depth=2, cond_dim=16, seed=seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(net.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty huggingface cache, offline."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_official_ids_name_process_encoder_and_size():
+    models = {m.hub_id: m for m in hub.official_models()}
+    assert len(models) == 9
+    assert models["nicolas-dufour/PLONK_OSV_5M"].encoder == "street_clip"
+    assert models["nicolas-dufour/PLONK_YFCC_diffusion"].process == "diffusion_r3"
+    assert models["nicolas-dufour/PLONK_iNaturalist_flow"].process == "flow_r3"
+    assert models["nicolas-dufour/PLONK_iNaturalist"].encoder == "dinov2_vitl14_reg"
+    assert models["nicolas-dufour/PLONK_iNaturalist"].dim == 256 and models["nicolas-dufour/PLONK_YFCC"].dim == 512
+    assert {m.process for m in models.values() if m.hub_id.count("_") == 1 or m.hub_id.endswith("OSV_5M")} == {"rfm_s2"}
+    assert all(m.schedule == {"kind": "sigmoid", "start": -7.0, "end": 3.0, "tau": 1.0} for m in models.values())
+    assert hub.official_model("PLONK_iNat").hub_id == "nicolas-dufour/PLONK_iNaturalist"
+    snapshot = f"/c/models--nicolas-dufour--PLONK_OSV_5M_diffusion/snapshots/{COMMIT}"
+    assert hub.official_model(snapshot).hub_id == "nicolas-dufour/PLONK_OSV_5M_diffusion"
+    assert hub.official_model("/data/PLONK_YFCC/finetuned") is None and hub.official_model("PLONK_MNIST") is None
+    assert hub.is_hub_id("nicolas-dufour/PLONK_YFCC") and not hub.is_hub_id("default")
+
+
+def test_offline_and_not_cached_is_one_clear_sentence(hub_cache):
+    start = time.perf_counter()
+    with pytest.raises(hub.HubUnavailableError) as err:
+        geodemo.load("nicolas-dufour/PLONK_YFCC", device="cpu")
+    message = str(err.value)
+    assert time.perf_counter() - start < 5
+    assert "nicolas-dufour/PLONK_YFCC" in message and "HF_HUB_OFFLINE" in message
+    assert "hf download nicolas-dufour/PLONK_YFCC" in message and "geodemo.load('PLONK_YFCC')" in message
+    assert message.count(". ") == 0 and "\n" not in message
+
+
+def test_unreachable_hub_is_one_clear_sentence(hub_cache, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def refuse(*args, **kwargs):
+        raise httpx2.ConnectError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", refuse)
+    with pytest.raises(CheckpointError, match=r"hub is unreachable \(ConnectError\).*pass its path"):
+        geodemo.load("nicolas-dufour/PLONK_OSV_5M", device="cpu")
+
+
+def test_cached_hub_model_loads_offline_with_its_process_and_encoder(hub_cache):
+    repo = hub_cache / "models--nicolas-dufour--PLONK_OSV_5M_diffusion"
+    authors_folder(repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    pipe = geodemo.load("nicolas-dufour/PLONK_OSV_5M_diffusion", device="cpu")
+    assert pipe.process.name == "diffusion_r3" and pipe._encoder == "street_clip"
+    assert (pipe.schedule.start, pipe.schedule.end, pipe.schedule.tau) == (-7.0, 3.0, 1.0)
+    assert pipe.name == "nicolas-dufour/PLONK_OSV_5M_diffusion"
+
+
+def test_local_copy_named_after_a_release_gets_its_settings(tmp_path):
+    pipe = geodemo.load(authors_folder(tmp_path / "PLONK_YFCC"), device="cpu")
+    assert pipe.process.name == "rfm_s2" and pipe._encoder == "dinov2_vitl14_reg"
+    pipe = geodemo.load(tmp_path / "PLONK_YFCC", device="cpu", process="flow_r3", encoder="street_clip")
+    assert pipe.process.name == "flow_r3" and pipe._encoder == "street_clip"
+    plain = geodemo.load(authors_folder(tmp_path / "mine"), device="cpu")
+    assert plain.process.name == "rfm_s2" and plain._encoder is None
+
+
+def test_geodemo_metadata_wins_over_the_folder_name(tmp_path):
+    net = random_network(dim=32, depth=2, cond_dim=16)
+    folder = save_checkpoint(tmp_path / "PLONK_YFCC", net, "diffusion_r3", {"kind": "linear"}, "efficientnet_lite0")
+    pipe = geodemo.load(folder, device="cpu")
+    assert pipe.process.name == "diffusion_r3" and pipe._encoder == "efficientnet_lite0"
+
+
+def test_registered_names_resolve_after_local_folders_and_before_the_hub(tmp_path, monkeypatch):
+    first, second = authors_folder(tmp_path / "a", seed=1), authors_folder(tmp_path / "b", seed=2)
+    calls = []
+    register_model("test-folder", first)
+    register_model("test-resolver", lambda: calls.append(1) or second)
+    assert torch.equal(geodemo.load("test-folder", device="cpu").network.final_linear.bias,
+                       random_network(dim=32, depth=2, cond_dim=16, seed=1).final_linear.bias)
+    assert calls == []
+    geodemo.load("test-resolver", device="cpu")
+    assert calls == [1]
+    monkeypatch.chdir(tmp_path)
+    authors_folder(tmp_path / "test-folder", seed=3)  # a local folder of the same name wins
+    assert torch.equal(geodemo.load("test-folder", device="cpu").network.final_linear.bias,
+                       random_network(dim=32, depth=2, cond_dim=16, seed=3).final_linear.bias)
+    with pytest.raises(CheckpointError, match="registered model .*test-folder.*hub id"):
+        geodemo.load("no-such-model", device="cpu")
+
+
+@pytest.fixture
+def pipe(tmp_path):
+    return geodemo.load(authors_folder(tmp_path / "m"), device="cpu")
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_batch_inference_does_not_depend_on_chunking(pipe, guidance):
+    emb = torch.randn(5, 16, generator=torch.Generator().manual_seed(0))
+    whole = pipe.predict(embeddings=emb, num_samples=12, steps=6, guidance=guidance, seed=7).latlon
+    chunked = pipe.predict_batch(embeddings=emb, num_samples=12, steps=6, guidance=guidance, seed=7, max_points=10)
+    assert chunked.latlon.shape == (5, 12, 2)
+    assert torch.allclose(chunked.latlon, whole, atol=1e-4)
+
+
+def test_best_guess_is_the_most_likely_sample(pipe):
+    emb = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    ode = {"method": "rk4", "steps": 8}
+    best = pipe.best_guess(embeddings=emb, num_samples=16, sample_steps=8, guidance=2.0, seed=3, **ode)
+    assert best.samples.shape == (2, 16, 2) and best.latlon.shape == (2, 2)
+    assert torch.allclose(best.sample_log_density, pipe.log_density(best.samples, embeddings=emb, **ode), atol=1e-6)
+    top = best.sample_log_density.argmax(dim=1)
+    assert torch.equal(best.latlon, best.samples[torch.arange(2), top])
+    assert torch.equal(best.log_density, best.sample_log_density.max(dim=1).values)
+
+
+def test_mode_is_the_densest_sample():
+    cluster = torch.tensor([[48.85, 2.35], [48.9, 2.3], [48.8, 2.4], [48.86, 2.36]], dtype=torch.float64)
+    spread = torch.tensor([[-33.9, 151.2], [40.7, -74.0], [35.7, 139.7]], dtype=torch.float64)
+    samples = torch.cat([spread, cluster]).unsqueeze(0)
+    mode = samples_mode(samples)[0]
+    assert any(torch.equal(mode, c) for c in cluster)
