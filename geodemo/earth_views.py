@@ -17,6 +17,7 @@ contrast, gamma, saturation, blur, noise, JPEG, haze) so a model survives other 
 from __future__ import annotations
 
 import gzip
+import io
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -240,15 +241,19 @@ def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def _jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """JPEG round trip at one quality for (B, 3, H, W) images in [0, 1] (torchvision codec; nvJPEG on CUDA)."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
+    """JPEG round trip at one quality for (B, 3, H, W) images in [0, 1]: nvJPEG (torchvision) on CUDA, else PIL."""
     as_bytes = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    if not as_bytes.is_cuda:
-        as_bytes = as_bytes.cpu()
-    encoded = encode_jpeg(list(as_bytes), quality=quality)
-    decoded = decode_jpeg([e.cpu() for e in encoded], device=images.device)
-    return torch.stack(decoded).to(images.dtype) / 255.0
+    if as_bytes.is_cuda:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        decoded = decode_jpeg([e.cpu() for e in encode_jpeg(list(as_bytes), quality=quality)], device=images.device)
+        return torch.stack(decoded).to(images.dtype) / 255.0
+    decoded = []
+    for image in to_pil(images):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        decoded.append(np.asarray(Image.open(buffer).convert("RGB")))
+    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255.0
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentation = Augmentation()) -> torch.Tensor:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import tarfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -26,6 +28,7 @@ from geodemo.sphere import latlon_to_xyz, project, sample_uniform, xyz_to_latlon
 from training.evaluate import evaluate, format_table
 from training.shards import list_shards, read_shards
 
+LOG = logging.getLogger("earth_views_eval")
 ENCODER = "efficientnet_lite0"
 SUBSETS = {
     "all views": lambda land: land >= 0,
@@ -66,8 +69,8 @@ def sample_vmf(mu: torch.Tensor, kappa: float, generator: torch.Generator) -> to
 
 
 @torch.no_grad()
-def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points: int = 4096, num_centres: int = 256,
-                      bandwidth_km: float = 150.0, uniform_weight: float = 0.2, seed: int = 0,
+def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points: int = 4096, num_centres: int = 1024,
+                      bandwidth_km: float = 100.0, uniform_weight: float = 0.1, seed: int = 0,
                       **ode_options) -> tuple[float, float]:
     """(estimate, standard error) of the integral of exp(log p(x | c)) over S^2 for one embedding (C,).
 
@@ -91,16 +94,17 @@ def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points
 
 
 def evaluate_model(folder: str, heldout: str, steps: int = 250, guidance: float = 2.0, likelihood_images: int = 300,
-                   localizability_samples: int = 16, normalisation_views: int = 8, batch_size: int = 2048,
-                   device: str | None = None, ode_options: dict | None = None) -> dict:
-    """Every row of the table for one model folder, plus the normalisation check."""
+                   localizability_samples: int = 16, normalisation_views: int = 8, normalisation_points: int = 4096,
+                   table: bool = True, batch_size: int = 2048, device: str | None = None,
+                   ode_options: dict | None = None) -> dict:
+    """Every row of the table (unless table=False) for one model folder, plus the normalisation check."""
     pipeline = geodemo.load(folder, device=device)
     paths = list_shards(heldout)
     data = read_shards(paths, ENCODER)
     land = read_land_fractions(paths, data.keys)
     ode = ode_options or {}
     rows = {}
-    for name, rule in SUBSETS.items():
+    for name, rule in SUBSETS.items() if table else ():
         chosen = rule(land)
         for prior in (False, True) if name in PRIOR_SUBSETS else (False,):
             emb = data.embeddings[chosen]
@@ -108,12 +112,29 @@ def evaluate_model(folder: str, heldout: str, steps: int = 250, guidance: float 
                            guidance=0.0 if prior else guidance, batch_size=batch_size,
                            likelihood_images=likelihood_images, localizability_samples=localizability_samples,
                            ode_options=ode)
-            rows[f"prior only, {name}" if prior else name] = row
-    totals = [total_probability(pipeline, data.embeddings[i].to(pipeline.device), seed=i, **ode)
+            label = f"prior only, {name}" if prior else name
+            rows[label] = row
+            LOG.info("%s\n%s", folder, format_table(row, title=f"{label} ({row['images']} views)"))
+    started = time.perf_counter()
+    totals = [total_probability(pipeline, data.embeddings[i].to(pipeline.device), num_points=normalisation_points,
+                                seed=i, **ode)
               for i in range(normalisation_views)]
+    LOG.info("%s: normalisation check on %d views in %.0f s", folder, normalisation_views, time.perf_counter() - started)
     return {"model": folder, "heldout": heldout, "views": int(len(land)), "rows": rows,
-            "normalisation": {"estimates": [t[0] for t in totals], "standard_errors": [t[1] for t in totals],
-                              "max_abs_deviation": max(abs(t[0] - 1) for t in totals)}}
+            "normalisation": {"points_per_view": normalisation_points,
+                              "estimates": [t[0] for t in totals], "standard_errors": [t[1] for t in totals],
+                              "max_abs_deviation": max((abs(t[0] - 1) for t in totals), default=float("nan"))}}
+
+
+def record_evaluation(folder: str | Path, result: dict) -> Path:
+    """Store the result's rows and normalisation check in folder/config.json under geodemo.evaluation."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("geodemo", {})["evaluation"] = {
+        "heldout_views": result["views"], "heldout": "training/earth_views_data.py shards, split seed 1",
+        "rows": result["rows"], "normalisation": result["normalisation"]}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return path
 
 
 def markdown_table(results: Sequence[dict]) -> str:
@@ -139,16 +160,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--likelihood-images", type=int, default=300)
     parser.add_argument("--localizability-samples", type=int, default=16)
     parser.add_argument("--normalisation-views", type=int, default=8)
+    parser.add_argument("--normalisation-points", type=int, default=4096, help="importance samples per view")
+    parser.add_argument("--normalisation-only", action="store_true", help="skip the table")
     parser.add_argument("--device")
     parser.add_argument("--output", required=True, help="JSON file for every number")
+    parser.add_argument("--record", action="store_true", help="also store the results in each model's config.json")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = []
     for folder in args.models.split(","):
         result = evaluate_model(folder, args.heldout, args.steps, args.guidance, args.likelihood_images,
-                                args.localizability_samples, args.normalisation_views, device=args.device)
+                                args.localizability_samples, args.normalisation_views, args.normalisation_points,
+                                table=not args.normalisation_only, device=args.device)
         results.append(result)
-        for subset, row in result["rows"].items():
-            print(format_table(row, title=f"{folder}: {subset} ({row['images']} views)"), flush=True)
+        if args.record:
+            record_evaluation(folder, result)
         norm = result["normalisation"]
         print(f"{folder}: integral of p over S^2 on {len(norm['estimates'])} views: "
               f"{', '.join(f'{e:.3f}' for e in norm['estimates'])} (max |I - 1| = {norm['max_abs_deviation']:.3f})",
