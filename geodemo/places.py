@@ -93,8 +93,11 @@ def cities() -> Cities:
 
 @lru_cache(maxsize=1)
 def _country_name_by_iso2() -> dict[str, str]:
+    """Country names by ISO code: the map's names, then GeoNames' for codes without a polygon."""
+    with open(MAP_DIR / "country_codes.csv", newline="", encoding="utf-8") as f:
+        names = {row["iso2"]: row["name"] for row in csv.DictReader(f)}
     table = countries()
-    return {code: name for code, name in zip(table.iso2, table.names) if code}
+    return names | {code: name for code, name in zip(table.iso2, table.names) if code}
 
 
 def country_index(latlon: np.ndarray | torch.Tensor) -> np.ndarray:

