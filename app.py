@@ -87,7 +87,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
 
     @on_gpu
-    def locate(image, model_name, guidance, steps, num_samples, seed, exact_density, progress=gr.Progress()):
+    def locate(image, model_name, guidance, steps, num_samples, seed, exact_density,
+               progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
         """One request: samples + globe first, then the log-density map refined in stages."""
         started = time.perf_counter()
         image_path = image_path_of(image)

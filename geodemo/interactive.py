@@ -96,7 +96,10 @@ class Catalogue:
             process = self.process(name)
         except ValueError as err:
             return f"{name}: {err}"
-        where = "shipped with geodemo (offline)" if name in self.local else "official PLONK model from the Hugging Face hub"
+        if name in self.local:
+            where = "shipped with geodemo (offline)" if embedded_model_path(name) else f"local folder {self.local[name]}"
+        else:
+            where = "official PLONK model from the Hugging Face hub"
         info = ""
         if name in self.local:
             meta = read_info(self.local[name]).metadata
