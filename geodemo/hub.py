@@ -88,20 +88,21 @@ def download_command(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHT
     return f"hf download {repo_id} {' '.join(files)} --local-dir {repo_id.split('/')[-1]}"
 
 
-def _unreachable(repo_id: str, why: str, files: tuple[str, ...]) -> HubUnavailableError:
+def _unreachable(repo_id: str, why: str, files: tuple[str, ...], use: str) -> HubUnavailableError:
     local = repo_id.split("/")[-1]
     return HubUnavailableError(
         f"Cannot load {repo_id!r}: {why} and it is not in the local Hugging Face cache; on a connected machine run "
-        f"`{download_command(repo_id, files)}`, copy that folder here and pass its path: geodemo.load({local!r})."
+        f"`{download_command(repo_id, files)}`, copy that folder here and pass its path: {use.format(folder=repr(local))}."
     )
 
 
 def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE), cache_dir: str | Path | None = None,
-             revision: str | None = None, timeout: float = HUB_TIMEOUT_S) -> Path:
+             revision: str | None = None, timeout: float = HUB_TIMEOUT_S, use: str = "geodemo.load({folder})") -> Path:
     """Local folder holding `files` of a hub repository: the cached snapshot if complete, else downloaded.
 
     Offline (HF_HUB_OFFLINE=1) or when the hub does not answer within `timeout` seconds, raises
-    HubUnavailableError with one sentence; a repository or file that does not exist says so.
+    HubUnavailableError with one sentence (ending with `use`, how to pass the local copy); a repository or
+    file that does not exist says so.
     """
     import httpx2
     from huggingface_hub import HfApi, is_offline_mode, snapshot_download
@@ -114,7 +115,7 @@ def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE),
     except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
         pass
     if is_offline_mode():
-        raise _unreachable(repo_id, "the Hugging Face hub is switched off here (HF_HUB_OFFLINE=1)", files)
+        raise _unreachable(repo_id, "the Hugging Face hub is switched off here (HF_HUB_OFFLINE=1)", files, use)
     try:
         info = HfApi().model_info(repo_id, revision=revision, timeout=timeout)
     except RepositoryNotFoundError:
@@ -123,7 +124,7 @@ def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE),
             f"check the id (released models: {', '.join(m.hub_id for m in official_models()[:6])}) or pass a local folder."
         ) from None
     except (httpx2.TransportError, HfHubHTTPError, OSError) as err:
-        raise _unreachable(repo_id, f"the Hugging Face hub is unreachable ({type(err).__name__})", files) from None
+        raise _unreachable(repo_id, f"the Hugging Face hub is unreachable ({type(err).__name__})", files, use) from None
     present = {s.rfilename for s in info.siblings or []}
     missing = [f for f in patterns if not any(Path(p).match(f) for p in present)]
     if missing:

@@ -7,6 +7,7 @@ Both libraries are imported only when an encoder is built; the model moves to th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -81,17 +82,20 @@ class BackboneEncoder:
         return torch.cat(out) if out else torch.empty(0, self.dim)
 
 
-def timm_encoder(name: str, model_name: str, dim: int, img_size: int | None = None, weights: str | None = None,
+def timm_encoder(name: str, model_name: str, dim: int, img_size: int | None = None,
+                 weights: str | Path | Callable[[], str | Path] | None = None,
                  preprocess: Preprocess | None = None) -> BackboneEncoder:
-    """A timm model's pooled pre-logits features (num_classes=0). weights: a local .safetensors / .pth file, else
-    timm's pretrained weights (downloaded through the hub); preprocess: the model's own timm transform by default."""
+    """A timm model's pooled pre-logits features (num_classes=0). weights: a local .safetensors / .pth file (or a
+    function returning one, called at build time), else timm's own pretrained download; preprocess: the model's
+    timm transform by default."""
 
     def build() -> tuple[torch.nn.Module, Preprocess]:
         import timm
         from timm.data import create_transform, resolve_data_config
 
         kwargs = {"img_size": img_size} if img_size else {}
-        overlay = {"pretrained_cfg_overlay": {"file": str(weights)}} if weights else {}
+        file = weights() if callable(weights) else weights
+        overlay = {"pretrained_cfg_overlay": {"file": str(file)}} if file else {}
         model = timm.create_model(model_name, pretrained=True, num_classes=0, **kwargs, **overlay)
         return model, preprocess or create_transform(**resolve_data_config({}, model=model))
 

@@ -141,7 +141,8 @@ def _download() -> Path:
     """The cached or downloaded StreetCLIP folder: config.json + model.safetensors, else pytorch_model.bin."""
     from geodemo.hub import MissingFilesError, download
 
+    use = 'register_encoder("street_clip", lambda: street_clip_encoder({folder}))'
     try:
-        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[0]))
+        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[0]), use=use)
     except MissingFilesError:
-        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[1]))
+        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[1]), use=use)
