@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from geodemo.encoders import available_encoders
-from geodemo.encoders.backbones import clip_preprocess, square_crop_preprocess, timm_encoder
+from geodemo.encoders import available_encoders, get_encoder, register_encoder
+from geodemo.encoders.backbones import clip_preprocess, open_clip_encoder, square_crop_preprocess, timm_encoder
 from geodemo.encoders.dinov2 import IMAGE_SIZE, TIMM_MODEL
 from geodemo.encoders.street_clip import (OPEN_CLIP_MODEL, build_vision_tower, convert_state_dict, load_converted,
                                           open_clip_config, street_clip_encoder)
@@ -138,3 +138,13 @@ def test_timm_encoder_loads_local_weights_and_resamples_positions_like_dinov2(tm
     with torch.no_grad():
         direct = model(torch.stack([square_crop_preprocess(im, size=56) for im in photos[:2]]))
     assert got.shape == (2, 384) and torch.allclose(got, direct)
+
+
+def test_any_open_clip_model_is_one_registry_line(photos):
+    register_encoder("test_vit_s32", lambda: open_clip_encoder("test_vit_s32", "ViT-S-32", None, 384))
+    encoder = get_encoder("test_vit_s32")
+    got = encoder.embed(photos[:3])
+    model, preprocess = encoder.built()
+    with torch.no_grad():
+        direct = model(torch.stack([preprocess(im) for im in photos[:3]]))
+    assert got.shape == (3, 384) and torch.allclose(got, direct, atol=1e-6)

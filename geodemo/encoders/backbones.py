@@ -102,8 +102,9 @@ def timm_encoder(name: str, model_name: str, dim: int, img_size: int | None = No
     return BackboneEncoder(name, dim, build)
 
 
-def open_clip_encoder(name: str, model_name: str, pretrained: str, dim: int) -> BackboneEncoder:
-    """An open_clip model's image features (encode_image: pooled and projected), with open_clip's preprocessing."""
+def open_clip_encoder(name: str, model_name: str, pretrained: str | None, dim: int) -> BackboneEncoder:
+    """An open_clip model's image features (encode_image: pooled and projected), with open_clip's preprocessing;
+    pretrained: open_clip's tag (e.g. "openai", downloaded on first use) or None for random weights."""
 
     def build() -> tuple[torch.nn.Module, Preprocess]:
         import open_clip
