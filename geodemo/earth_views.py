@@ -98,7 +98,7 @@ def local_frame(lat: torch.Tensor, lon: torch.Tensor) -> tuple[torch.Tensor, tor
 def view_directions(lat, lon, width_km, size: int, projection: Projection = "orthographic",
                     rotation_deg=0.0, device: torch.device | str | None = None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Unit vectors (B, size, size, 3) seen by each pixel centre of B views (float32: errors < 1 m).
+    """Unit vectors (B, size, size, 3) seen by each pixel centre of B views (float32: errors of about a metre).
 
     lat, lon, width_km, rotation_deg: scalars or (B,) arrays; rotation turns the view counter-clockwise
     (north stays up at rotation 0). Row 0 is the northern edge, column 0 the western edge.
