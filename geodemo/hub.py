@@ -110,8 +110,10 @@ def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE),
 
     patterns = list(files)
     try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
-                                      local_files_only=True))
+        cached = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+                                        local_files_only=True))
+        if all(any(cached.glob(f)) for f in files):
+            return cached
     except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
         pass
     if is_offline_mode():
@@ -129,8 +131,14 @@ def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE),
     missing = [f for f in patterns if not any(Path(p).match(f) for p in present)]
     if missing:
         raise MissingFilesError(f"Cannot load {repo_id!r}: the hub repository has no {missing} (it holds {sorted(present)}).")
-    return Path(snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, allow_patterns=patterns,
-                                  etag_timeout=timeout))
+    try:
+        return Path(snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, allow_patterns=patterns,
+                                      etag_timeout=timeout))
+    except (httpx2.TransportError, HfHubHTTPError, OSError) as err:
+        raise HubUnavailableError(
+            f"Downloading {repo_id!r} stopped ({type(err).__name__}: {' '.join(str(err).split())[:200]}); "
+            "run the same call again to resume where it stopped."
+        ) from None
 
 
 def resolve(repo_id: str, cache_dir: str | Path | None = None, timeout: float = HUB_TIMEOUT_S) -> Path:

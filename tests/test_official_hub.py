@@ -155,3 +155,13 @@ def test_mode_is_the_densest_sample():
     samples = torch.cat([spread, cluster]).unsqueeze(0)
     mode = samples_mode(samples)[0]
     assert any(torch.equal(mode, c) for c in cluster)
+
+
+def test_a_partial_cached_snapshot_is_not_taken_for_a_model(hub_cache):
+    repo = hub_cache / "models--nicolas-dufour--PLONK_YFCC"
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    (repo / "snapshots" / COMMIT / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    with pytest.raises(hub.HubUnavailableError, match="not in the local Hugging Face cache"):
+        hub.resolve("nicolas-dufour/PLONK_YFCC")
