@@ -112,10 +112,25 @@ def cells_containing(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor
     return inside.any(dim=1)
 
 
+def touching(bounds: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: cells that share an edge or a corner with a chosen cell (longitudes wrap at 180)."""
+    target = bounds[chosen]
+    if len(target) == 0:
+        return chosen.clone()
+    eps = 1e-9
+    lat_ok = (bounds[:, None, 0] <= target[None, :, 1] + eps) & (bounds[:, None, 1] >= target[None, :, 0] - eps)
+    lon_ok = torch.zeros_like(lat_ok)
+    for shift in (-360.0, 0.0, 360.0):
+        lon_ok |= ((bounds[:, None, 2] <= target[None, :, 3] + shift + eps)
+                   & (bounds[:, None, 3] >= target[None, :, 2] + shift - eps))
+    return (lat_ok & lon_ok).any(dim=1)
+
+
 def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Tensor | None,
-                    max_cells: int) -> torch.Tensor:
-    """(K,) bool: the fewest cells holding mass_fraction of the mass, plus cells containing samples;
-    at most max_cells of them, largest mass first."""
+                    max_cells: int, neighbours: bool = True) -> torch.Tensor:
+    """(K,) bool: the fewest cells holding mass_fraction of the mass, plus cells containing samples, plus
+    (neighbours=True) the cells touching those, since a peak narrower than a cell spills into them unseen by
+    their centres; at most max_cells of them, largest mass first."""
     log_mass = cells.log_mass
     order = torch.argsort(log_mass, descending=True)
     cumulative = torch.cumsum(torch.softmax(log_mass[order], dim=0), dim=0)
@@ -124,6 +139,8 @@ def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Te
     chosen[order[:n_top]] = True
     if samples is not None and len(samples):
         chosen |= cells_containing(cells.bounds, samples)
+    if neighbours:
+        chosen |= touching(cells.bounds, chosen)
     if int(chosen.sum()) > max_cells:
         ranked = order[chosen[order]]
         chosen = torch.zeros_like(chosen)
@@ -133,15 +150,15 @@ def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Te
 
 def progressive_density(log_density_fn: LogDensityFn, coarse_deg: float = 10.0, levels: int = 2,
                         mass_fraction: float = 0.95, samples: torch.Tensor | None = None,
-                        max_cells_per_level: int = 256) -> Iterator[DensityCells]:
+                        max_cells_per_level: int = 256, neighbours: bool = True) -> Iterator[DensityCells]:
     """Yield the density on a coarse grid, then after each of `levels` refinements of the cells that hold
-    `mass_fraction` of the mass (and of the cells containing `samples`, (N, 2) degrees)."""
+    `mass_fraction` of the mass, of the cells containing `samples` ((N, 2) degrees) and of their neighbours."""
     bounds = coarse_cells(coarse_deg)
     cells = DensityCells(bounds, _evaluate(log_density_fn, bounds), torch.zeros(len(bounds), dtype=torch.long),
                          evaluations=len(bounds))
     yield cells
     for _ in range(levels):
-        refine = cells_to_refine(cells, mass_fraction, samples, max_cells_per_level)
+        refine = cells_to_refine(cells, mass_fraction, samples, max_cells_per_level, neighbours)
         if not refine.any():
             return
         children = split_cells(cells.bounds[refine])

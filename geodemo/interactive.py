@@ -40,7 +40,7 @@ DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
 DENSITY_GUIDANCE = 0.0
 """The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
 sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
-DENSITY_GRID = {"coarse_deg": 20.0, "levels": 2, "max_cells_per_level": 24}
+DENSITY_GRID = {"coarse_deg": 20.0, "levels": 5, "max_cells_per_level": 24}
 SCORED_SAMPLES = 64
 """How many samples get an exact log-density (for the best guess and the localizability)."""
 

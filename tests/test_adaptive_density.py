@@ -64,3 +64,15 @@ def test_rasterize_covers_the_globe():
     stages = list(progressive_density(von_mises_fisher(20.0), coarse_deg=30.0, levels=1))
     lats, lons, image = stages[-1].rasterize(2.0)
     assert image.shape == (90, 180) and not torch.isnan(torch.from_numpy(image)).any()
+
+
+def test_neighbours_catch_a_peak_narrower_than_the_cells():
+    """A 140 km-wide peak on a 20-degree grid: refining the cells around the sample's cell recovers the mass."""
+    narrow = von_mises_fisher(2000.0)
+    sample = torch.tensor([PEAK], dtype=torch.float64)
+    totals = {}
+    for neighbours in (True, False):
+        stages = progressive_density(narrow, coarse_deg=20.0, levels=5, max_cells_per_level=24, samples=sample,
+                                     neighbours=neighbours)
+        totals[neighbours] = list(stages)[-1].total_mass()
+    assert abs(totals[True] - 1) < 0.02 and abs(totals[False] - 1) > 0.05
