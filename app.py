@@ -18,8 +18,8 @@ import torch
 
 from geodemo.embedded import example_views
 from geodemo.images import ImageError, load_image
-from geodemo.interactive import (LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request, density_stages,
-                                 known_location, make_catalogue, sample_image)
+from geodemo.interactive import (DENSITY_GRID, LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request,
+                                 density_stages, known_location, make_catalogue, sample_image, shown_level)
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.summary import sample_rows, summarize, to_csv, to_geojson
 
@@ -86,6 +86,12 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     gr.set_static_paths([str(PLOTLY_JS.parent)])
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
 
+    def draw_map(cells, level, summary, samples):
+        title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
+                 f"{'coarse grid' if level == 0 else f'refinement {level}'}")
+        return render_png(density_map_figure(cells, samples, truth=summary.truth,
+                                             best_guess=summary.best_guess, title=title))
+
     @on_gpu
     def locate(image, model_name, guidance, steps, num_samples, seed, exact_density,
                progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
@@ -125,15 +131,18 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             return
         try:
             progress(0.45, desc="Log-density on a coarse grid and at the samples")
+            levels = {**DENSITY_GRID, **density_grid}["levels"]
+            drawn = True
             for level, (cells, logp) in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
-                progress(min(0.95, 0.6 + 0.15 * level), desc=f"Log-density map, refinement {level}")
+                progress(min(0.95, 0.55 + 0.4 * level / max(1, levels)), desc=f"Log-density map, refinement {level}")
                 summary = summarize(samples, logp, cells, truth=truth, truth_source=truth_source)
-                title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
-                         f"{'coarse grid' if level == 0 else f'refinement {level}'}")
-                fig = density_map_figure(cells, samples, truth=truth, best_guess=summary.best_guess, title=title)
-                files = write_downloads(sample_rows(samples, logp), summary)
-                state = {**state, "stage": f"density level {level}", "evaluations": cells.evaluations}
-                yield gr.skip(), render_png(fig), summary.to_markdown(), *files, state
+                drawn = shown_level(level, levels)
+                if drawn:
+                    yield gr.skip(), draw_map(cells, level, summary, samples), summary.to_markdown(), \
+                        *write_downloads(sample_rows(samples, logp), summary), state
+            if not drawn:  # refinement stopped early on a level that was not drawn
+                yield gr.skip(), draw_map(cells, level, summary, samples), summary.to_markdown(), \
+                    *write_downloads(sample_rows(samples, logp), summary), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
             raise gr.Error(f"The log-density map could not be computed ({err}); the samples above still stand.") from None

@@ -19,7 +19,8 @@ import torch
 
 from geodemo.checkpoint import save_checkpoint
 from geodemo.images import load_image
-from geodemo.interactive import DENSITY_GRID, ModelCache, Request, density_stages, make_catalogue, sample_image
+from geodemo.interactive import (DENSITY_GRID, ModelCache, Request, density_stages, make_catalogue, sample_image,
+                                 shown_level)
 from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
@@ -105,8 +106,9 @@ def main() -> None:
             break
         cells, logp = stage
         summary = timed(f"summary level {level}", lambda: summarize(samples, logp, cells, truth=loaded.gps))
-        timed(f"map render level {level}", lambda: render_png(density_map_figure(cells, samples,
-                                                                                best_guess=summary.best_guess)))
+        if shown_level(level, args.levels):  # the app draws these levels only
+            timed(f"map render level {level}", lambda: render_png(density_map_figure(cells, samples,
+                                                                                    best_guess=summary.best_guess)))
         level += 1
     total = time.perf_counter() - t0
     print(f"model: {label}; torch threads: {torch.get_num_threads()}; image: {Path(args.image).name}")

@@ -55,12 +55,14 @@ class DensityCells:
         """(K,) share of the total mass held by each cell."""
         return torch.softmax(self.log_mass, dim=0)
 
-    def rasterize(self, resolution_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lats (H,), lons (W,), log p (H, W)) on a regular grid of pixel centres: each pixel takes the
-        value of the cell containing its centre."""
-        n_lat, n_lon = round(180 / resolution_deg), round(360 / resolution_deg)
-        lats = -90 + (np.arange(n_lat) + 0.5) * 180 / n_lat
-        lons = -180 + (np.arange(n_lon) + 0.5) * 360 / n_lon
+    def rasterize(self, resolution_deg: float, window: tuple[float, float, float, float] | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lats (H,), lons (W,), log p (H, W)) on a regular grid of pixel centres resolution_deg apart, over the
+        globe or over window = (lat0, lat1, lon0, lon1): each pixel takes the value of the cell containing it."""
+        lat0, lat1, lon0, lon1 = window or (-90.0, 90.0, -180.0, 180.0)
+        n_lat, n_lon = max(1, round((lat1 - lat0) / resolution_deg)), max(1, round((lon1 - lon0) / resolution_deg))
+        lats = lat0 + (np.arange(n_lat) + 0.5) * (lat1 - lat0) / n_lat
+        lons = lon0 + (np.arange(n_lon) + 0.5) * (lon1 - lon0) / n_lon
         image = np.full((n_lat, n_lon), np.nan)
         bounds = self.bounds.numpy()
         rows0, rows1 = np.searchsorted(lats, bounds[:, 0]), np.searchsorted(lats, bounds[:, 1])

@@ -41,6 +41,13 @@ DENSITY_GUIDANCE = 0.0
 """The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
 sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
 DENSITY_GRID = {"coarse_deg": 20.0, "levels": 5, "max_cells_per_level": 24}
+
+
+def shown_level(level: int, levels: int) -> bool:
+    """Which refinement levels the app draws: every other one and the last (each drawing costs about 0.5 s)."""
+    return level % 2 == 0 or level >= levels
+
+
 SCORED_SAMPLES = 64
 """How many samples get an exact log-density (for the best guess and the localizability)."""
 

@@ -71,11 +71,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(model_folder: Path, density_grid: dict):
-    """Start the real app (app.py) on a free localhost port in this process; returns (url, demo)."""
+def launch_app(model_folder: Path | None, density_grid: dict):
+    """Start the real app (app.py) on a free localhost port in this process; returns (url, demo).
+    model_folder None: the shipped models only."""
     import app
 
-    demo = app.build_demo(make_catalogue(str(model_folder)), device="cpu", density_grid=density_grid)
+    catalogue = make_catalogue(str(model_folder) if model_folder else None)
+    demo = app.build_demo(catalogue, device="cpu", density_grid=density_grid)
     port = free_port()
     demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True)
