@@ -55,7 +55,7 @@ def test_upload_run_and_see_globe_and_map(url, tmp_path):
             timeout=90_000)
         page.wait_for_selector("#density-map img", timeout=120_000)
         page.wait_for_function("() => document.querySelector('#summary').innerText.includes('highest likelihood')"
-                               " && document.querySelectorAll('.progress-text, .eta-bar').length === 0",
+                               " && document.querySelectorAll('.progress-text, .eta-bar, .generating').length === 0",
                                timeout=120_000)  # the last refinement has arrived and nothing is pending
         page.locator(".geodemo-globe .updatemenu-button").first.click()  # ▶ Play: the animation advances
         page.wait_for_function("() => document.querySelector('.geodemo-globe').layout.sliders[0].active > 3",
@@ -63,6 +63,11 @@ def test_upload_run_and_see_globe_and_map(url, tmp_path):
         assert page.locator(".toast-body.error").count() == 0
         assert page.locator(".geodemo-globe canvas").count() >= 1  # WebGL scene
         assert "Best guess" in page.locator("#summary").inner_text()
+        page.wait_for_function("() => { const s = document.querySelector('.geodemo-globe').layout.sliders[0];"
+                               " return s.active === s.steps.length - 1; }", timeout=60_000)  # played to the end
+        page.evaluate("() => window.Plotly.animate(document.querySelector('.geodemo-globe'), ['5'],"
+                      " {mode: 'immediate', frame: {duration: 0, redraw: true}, transition: {duration: 0}})")
+        page.wait_for_timeout(1500)  # the screenshot shows points on their way
         shot = tmp_path / "app.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
