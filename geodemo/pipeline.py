@@ -121,10 +121,12 @@ class GeoPipeline:
             emb = torch.cat([self._embeddings(images[i:i + image_batch], None) for i in range(0, len(images), image_batch)])
         else:
             emb = self._embeddings(images, embeddings)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         noise = self.process.initial_noise((emb.shape[0], num_samples), generator=make_generator(seed))
-        per_image = max(1, max_points // (1 if guidance == 0 else 2))
-        sample_chunk = min(num_samples, per_image)
-        image_chunk = max(1, per_image // max(num_samples, 1))
+        points = max(1, max_points // (1 if guidance == 0 else 2))  # points per sampler call
+        sample_chunk = min(num_samples, points)
+        image_chunk = max(1, points // num_samples)
         rows = []
         for i in range(0, emb.shape[0], image_chunk):
             parts = []
@@ -134,7 +136,7 @@ class GeoPipeline:
                                     num_samples=chunk_noise.shape[1], steps=steps, guidance=guidance,
                                     initial_noise=chunk_noise).xyz)
             rows.append(xyz_to_latlon(torch.cat(parts, dim=1)).cpu())
-        return Prediction(latlon=torch.cat(rows) if rows else torch.empty(0, num_samples, 2))
+        return Prediction(latlon=torch.cat(rows))
 
     def best_guess(self, images=None, embeddings=None, num_samples: int = 64, sample_steps: int = 32, guidance: float = 2.0,
                    seed: int | torch.Generator | None = 0, density_guidance: float = 0.0,
