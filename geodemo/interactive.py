@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
@@ -20,15 +20,10 @@ import torch
 from geodemo.adaptive_density import DensityCells, progressive_density
 from geodemo.checkpoint import read_info
 from geodemo.embedded import ALIASES, available_embedded_models, embedded_model_path, example_views
+from geodemo.hub import official_model, official_models
 from geodemo.pipeline import GeoPipeline, Prediction, load
 
-HUB_MODELS = (
-    "nicolas-dufour/PLONK_YFCC",
-    "nicolas-dufour/PLONK_OSV_5M",
-    "nicolas-dufour/PLONK_iNaturalist",
-    "nicolas-dufour/PLONK_YFCC_diffusion",
-    "nicolas-dufour/PLONK_OSV_5M_diffusion",
-)
+HUB_MODELS = tuple(m.hub_id for m in official_models())
 PROCESS_LABELS = {
     "rfm_s2": "Riemannian flow matching on the sphere: points start uniform on the globe and slide along its surface",
     "flow_r3": "Flow matching in R³: points start as Gaussian noise in space and fly onto the globe",
@@ -66,15 +61,6 @@ def embedded_models() -> dict[str, Path]:
     return {name: folder for folder, name in found.items()}
 
 
-def hub_process(name: str) -> str:
-    """The process an official hub id uses: RFM, or R^3 diffusion / flow for the _diffusion / _flow variants."""
-    if name.endswith("_diffusion"):
-        return "diffusion_r3"
-    if name.endswith("_flow"):
-        return "flow_r3"
-    return "rfm_s2"
-
-
 @dataclass
 class Catalogue:
     """Models the app offers: local folders (embedded or passed by path) first, then the official hub ids."""
@@ -95,7 +81,8 @@ class Catalogue:
         """The process name of a model, read from its config.json (local) or its hub id."""
         if name in self.local:
             return read_info(self.local[name]).process or "rfm_s2"
-        return hub_process(name)
+        official = official_model(name)
+        return official.process if official else "rfm_s2"
 
     def describe(self, name: str) -> str:
         """One line for people: where the model comes from and how its process moves the points."""
@@ -106,7 +93,9 @@ class Catalogue:
         if name in self.local:
             where = "shipped with geodemo (offline)" if embedded_model_path(name) else f"local folder {self.local[name]}"
         else:
-            where = "official PLONK model from the Hugging Face hub"
+            official = official_model(name)
+            where = "official PLONK model from the Hugging Face hub" + (
+                f" (trained on {official.dataset}, {official.encoder} image encoder)" if official else "")
         info = ""
         if name in self.local:
             meta = read_info(self.local[name]).metadata
@@ -157,11 +146,9 @@ class ModelCache:
 
 
 def _unavailable_sentence(name: str, err: Exception) -> str:
+    """geodemo.load's own sentence (for hub ids it says how to get the model offline), naming the model."""
     text = " ".join(str(err).split()) or type(err).__name__
-    if name in HUB_MODELS:
-        return (f"Model {name} is not available on this machine ({text}); it needs a one-time download from the "
-                "Hugging Face hub, or pass a local folder with config.json and model.safetensors.")
-    return f"Model {name} could not be loaded: {text}"
+    return text if name in text else f"Model {name} could not be loaded: {text}"
 
 
 @lru_cache(maxsize=1)
