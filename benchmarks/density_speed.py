@@ -1,0 +1,175 @@
+"""Log-density speed and accuracy on a global grid: geodemo's log_density against diff-plonk 0.4's
+`compute_likelihood_grid`, same random weights, one image, guidance 0.
+
+Usage: python benchmarks/density_speed.py --device cuda --size yfcc --resolution 1
+The grid is diff-plonk's own (lat -90..90, lon -180..180 inclusive). diff-plonk solves it in batches of 1024
+points, each an adaptive dopri5 solve (atol = rtol = 1e-6, float32) with the divergence by vmap(jacrev).
+A full 1-degree grid (65,341 points, ~2,400 function evaluations per batch on these random weights) is far
+too slow to time, so ONE batch of `--batch` points in the middle of the grid is timed for each implementation
+and the grid time is extrapolated per point (x number of batches). Ours also gets a throughput row: the cost
+per point per function evaluation with the whole grid in one batch (a few fixed RK4 steps), times the
+dopri5 evaluations measured on the batch: the estimate for solving the grid in one go.
+Accuracy: max / mean |delta log p| in nats on `--reference-points` of the batch against a float64 solve by our
+implementation (dopri5, atol = rtol = `--reference-tol`), per mode: "ambient" (the authors' quantity: raw field,
+R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised). Variants MODE:METHOD:TOL|STEPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.plonk_reference import (SIZES, authors_pipeline, describe_device, matmul_rate, our_network,
+                                        point_flops, random_hub_folder, synchronize)
+from geodemo.likelihood import log_density
+from geodemo.processes import RiemannianFlowS2
+from geodemo.schedules import SigmoidSchedule
+from geodemo.sphere import latlon_to_xyz
+
+TANGENTS = {"ambient": 3, "riemannian": 2}
+"""Tangent directions our exact divergence pushes through the network per evaluation."""
+
+
+def authors_grid(resolution: float) -> np.ndarray:
+    """(M, 2) degrees in compute_likelihood_grid's order."""
+    lats = np.arange(-90, 90 + resolution, resolution)
+    lons = np.arange(-180, 180 + resolution, resolution)
+    lon_grid, lat_grid = np.meshgrid(lons, lats)
+    return np.vstack([lat_grid.ravel(), lon_grid.ravel()]).T
+
+
+def ours(network, emb, xyz, variant: str, chunk: int, device: str) -> tuple[torch.Tensor, float, int]:
+    """(log p (M,), seconds, function evaluations of the ODE solver) for variant MODE:METHOD:TOL|STEPS."""
+    mode, method, value = variant.split(":")
+    options = {"atol": float(value), "rtol": float(value)} if method.startswith("dopri") else {"steps": int(value)}
+    calls = [0]
+    jvp = network.jvp_modulated
+
+    def counted(y, tangents, mods):
+        calls[0] += 1
+        return jvp(y, tangents, mods)
+
+    network.jvp_modulated = counted
+    synchronize(device)
+    start = time.perf_counter()
+    logp = log_density(network, RiemannianFlowS2(), SigmoidSchedule(), emb, xyz, guidance=0.0, mode=mode,
+                       method=method, chunk_size=chunk, **options)[0]
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    del network.jvp_modulated
+    return logp.double().cpu(), seconds, calls[0] // max(1, math.ceil(xyz.shape[1] / chunk))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="yfcc", choices=sorted(SIZES))
+    parser.add_argument("--resolution", type=float, default=1.0)
+    parser.add_argument("--variants", nargs="+", default=["ambient:dopri5:1e-6", "riemannian:dopri5:1e-6"])
+    parser.add_argument("--tf32-variants", nargs="*", default=[], help="variants also run with TF32 matmuls (GPU)")
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--no-authors", action="store_true")
+    parser.add_argument("--reference-points", type=int, default=256)
+    parser.add_argument("--reference-tol", type=float, default=1e-8)
+    parser.add_argument("--throughput-steps", type=int, default=4, help="RK4 steps of the whole-grid run (0: none)")
+    parser.add_argument("--chunk", type=int, default=1 << 17)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device, config = args.device, SIZES[args.size]
+    card = describe_device(device)
+    folder = random_hub_folder(Path(tempfile.mkdtemp()) / args.size, config)
+    network = our_network(folder, device)
+    emb = torch.randn(1, config.cond_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    grid = authors_grid(args.resolution)
+    n_batches = len(grid) / args.batch
+    xyz = latlon_to_xyz(torch.from_numpy(grid)).float().unsqueeze(0).to(device)
+    start = (len(grid) // args.batch // 2) * args.batch
+    batch = slice(start, start + args.batch)
+    ref_index = torch.arange(0, args.batch, max(1, args.batch // args.reference_points))[:args.reference_points]
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rates = {"fp32": matmul_rate(device, torch.float32, n=8192 if device.startswith("cuda") else 2048)}
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rates["tf32"] = matmul_rate(device, torch.float32, n=8192)
+        torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"device: {card}; torch {torch.__version__}; size {args.size} (dim {config.dim}, depth {config.depth}); "
+          f"{args.resolution:g}-degree grid, {len(grid)} points; matmul "
+          + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
+
+    reference = {}
+    modes = {v.split(":")[0] for v in args.variants + args.tf32_variants} | ({"ambient"} if not args.no_authors else set())
+    net64 = our_network(folder, device).double()
+    for mode in sorted(modes):
+        logp, seconds, nfe = ours(net64, emb.double(), xyz[:, batch][:, ref_index].double(),
+                                  f"{mode}:dopri5:{args.reference_tol}", args.chunk, device)
+        reference[mode] = logp
+        print(f"float64 reference, {mode}, {len(ref_index)} points: {seconds:.1f} s, {nfe} evaluations", flush=True)
+    del net64
+
+    rows = []
+    ours(network, emb, xyz[:, :64], "ambient:rk4:2", args.chunk, device)  # warm-up
+    runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
+    for variant, tf32 in runs:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        logp, seconds, nfe = ours(network, emb, xyz[:, batch], variant, args.chunk, device)
+        mode = variant.split(":")[0]
+        err = (logp[ref_index] - reference[mode]).abs()
+        precision = "tf32" if tf32 else "fp32"
+        floor = point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
+        row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
+               "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
+               "nfe": nfe, "floor_s": floor}
+        if args.throughput_steps:
+            _, whole, whole_nfe = ours(network, emb, xyz, f"{mode}:rk4:{args.throughput_steps}", args.chunk, device)
+            row["one_solve_seconds"] = whole / whole_nfe * nfe
+        rows.append(row)
+        print(f"ours {variant} {precision}: {seconds:.2f} s on {args.batch} points, {nfe} evaluations", flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    if not args.no_authors:
+        pipe = authors_pipeline(folder, emb, device)
+        synchronize(device)
+        begin = time.perf_counter()
+        theirs = pipe.compute_likelihood(emb=emb, coordinates=grid[batch], cfg=0)  # compute_likelihood_grid's call
+        synchronize(device)
+        seconds = time.perf_counter() - begin
+        nats = theirs.double().cpu()[ref_index] * 3 * math.log(2)  # it returns bits per dimension
+        err = (nats - reference["ambient"]).abs()
+        rows.append({"impl": "diff-plonk", "variant": "ambient:dopri5:1e-6", "precision": "fp32",
+                     "batch_seconds": seconds, "grid_seconds": seconds * n_batches, "max_err": float(err.max()),
+                     "mean_err": float(err.mean())})
+
+    base = next((r for r in rows if r["impl"] == "diff-plonk"), None)
+    print(f"\n{'impl':<11}{'variant':<22}{'prec':<6}{'batch s':>9}{'grid s':>10}{'speed-up':>9}{'one-solve s':>12}"
+          f"{'speed-up':>9}{'max|dlogp|':>11}{'mean|dlogp|':>12}{'NFE':>6}{'floor s':>9}")
+    for row in rows:
+        speed = f"{base['grid_seconds'] / row['grid_seconds']:.1f}x" if base else "-"
+        line = (f"{row['impl']:<11}{row['variant']:<22}{row['precision']:<6}{row['batch_seconds']:>9.2f}"
+                f"{row['grid_seconds']:>10.0f}{speed:>9}")
+        if "one_solve_seconds" in row:
+            line += f"{row['one_solve_seconds']:>12.0f}" + (f"{base['grid_seconds'] / row['one_solve_seconds']:>8.1f}x" if base else f"{'-':>9}")
+        else:
+            line += f"{'-':>12}{'-':>9}"
+        line += f"{row['max_err']:>11.1e}{row['mean_err']:>12.1e}"
+        if "nfe" in row:
+            line += f"{row['nfe']:>6}{row['floor_s']:>9.0f}"
+        print(line)
+    print(f"grid s = batch s x {n_batches:.1f} batches (extrapolated); one-solve s = cost per evaluation with all "
+          f"{len(grid)} points in one batch x the batch's NFE; floor = {point_flops(config) / 1e6:.1f} MFLOP x "
+          f"(1 + tangents: ambient 3, riemannian 2) x points x NFE / matmul rate")
+    if args.json:
+        args.json.write_text(json.dumps({"card": card, "size": args.size, "resolution": args.resolution,
+                                         "rates": rates, "points": len(grid), "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
