@@ -18,10 +18,12 @@ from geodemo.guidance import combine_guidance, guided_prediction
 from geodemo.network import GeoDenoiser
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
-from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent
+from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
 
 Mode = Literal["riemannian", "ambient"]
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
+MIN_RADIUS = 0.02
+"""Smallest radius of the radial quadrature: a ray's quadrature never reaches the origin."""
 
 
 def field_and_divergence(field: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,16 +67,6 @@ def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, me
     else:
         state1 = odeint(augmented, state0, times, method=method, atol=atol, rtol=rtol)[-1]
     return state1[..., :3], state1[..., 3]
-
-
-def tangent_basis(p: torch.Tensor) -> torch.Tensor:
-    """(2, ..., 3) orthonormal vectors u1, u2 perpendicular to the unit vectors p (..., 3): u1 = a x p / |a x p|
-    with a = e_z (e_x near the poles), u2 = p x u1."""
-    near_pole = p[..., 2:].abs() > 0.9
-    helper = torch.where(near_pole, p.new_tensor([1.0, 0.0, 0.0]), p.new_tensor([0.0, 0.0, 1.0]))
-    u1 = torch.linalg.cross(helper, p)
-    u1 = u1 / u1.norm(dim=-1, keepdim=True)
-    return torch.stack((u1, torch.linalg.cross(p, u1)))
 
 
 class ODEField:
@@ -158,11 +150,11 @@ def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float,
                       ) -> tuple[float, np.ndarray, np.ndarray]:
     """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k) at the noise level where the noise
     scale s equals radial_sigma (y = a x0 + s n): Gauss-Legendre in u with r = a + s sinh(u), dr = s cosh(u) du,
-    over r in [a - reach s, a + reach s] (kept > 0): dense where the radial mass is, thin in the tails."""
+    over r in [a - reach s, a + reach s] (at least MIN_RADIUS): dense where the radial mass is, thin in the tails."""
     t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
     a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
     x, w = np.polynomial.legendre.leggauss(nodes)
-    lo, hi = math.asinh(max(-reach, (0.02 - a) / s)), math.asinh(reach)
+    lo, hi = math.asinh(max(-reach, (MIN_RADIUS - a) / s)), math.asinh(reach)
     u = lo + (x + 1) * (hi - lo) / 2
     radii = a + s * np.sinh(u)
     log_w = np.log(w * (hi - lo) / 2 * s * np.cosh(u))

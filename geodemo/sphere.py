@@ -63,18 +63,19 @@ def log_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     theta = angle_between(x, y).unsqueeze(-1)
     u = project_tangent(x, y)
     u_norm = u.norm(dim=-1, keepdim=True)
-    fallback = _any_tangent(x)
+    fallback = tangent_basis(x)[0]
     direction = torch.where(u_norm > 1e-7, u / u_norm.clamp_min(_EPS), fallback)
     return theta * direction
 
 
-def _any_tangent(x: torch.Tensor) -> torch.Tensor:
-    """A unit tangent vector at x, defined for every x (used only where a direction is arbitrary)."""
-    axis = torch.zeros_like(x)
-    use_z = x[..., 2].abs() < 0.9
-    axis[..., 2] = use_z.to(x.dtype)
-    axis[..., 0] = (~use_z).to(x.dtype)
-    return project(torch.linalg.cross(x, axis, dim=-1))
+def tangent_basis(p: torch.Tensor) -> torch.Tensor:
+    """(2, ..., 3) orthonormal vectors u1, u2 perpendicular to the unit vectors p (..., 3): u1 = a x p / |a x p|
+    with a = e_z (e_x near the poles), u2 = p x u1."""
+    near_pole = p[..., 2:].abs() > 0.9
+    helper = torch.where(near_pole, p.new_tensor([1.0, 0.0, 0.0]), p.new_tensor([0.0, 0.0, 1.0]))
+    u1 = torch.linalg.cross(helper, p)
+    u1 = u1 / u1.norm(dim=-1, keepdim=True)
+    return torch.stack((u1, torch.linalg.cross(p, u1)))
 
 
 def geodesic_velocity(x_start: torch.Tensor, x_end: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,11 +6,11 @@ import torch
 from conftest import random_network
 from geodemo import sampling
 from geodemo.guidance import guided_prediction
-from geodemo.likelihood import field_and_divergence, log_density, ode_field, tangent_basis
+from geodemo.likelihood import field_and_divergence, log_density, ode_field
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.sampling import gamma_grid, guided_step_predictions, sample
 from geodemo.schedules import SigmoidSchedule
-from geodemo.sphere import project
+from geodemo.sphere import project, tangent_basis
 
 SCHEDULE = SigmoidSchedule()
 
