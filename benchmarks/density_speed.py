@@ -11,7 +11,10 @@ per point per function evaluation with the whole grid in one batch (a few fixed 
 dopri5 evaluations measured on the batch: the estimate for solving the grid in one go.
 Accuracy: max / mean |delta log p| in nats on `--reference-points` of the batch against a float64 solve by our
 implementation (dopri5, atol = rtol = `--reference-tol`), per mode: "ambient" (the authors' quantity: raw field,
-R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised). Variants MODE:METHOD:TOL|STEPS.
+R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised).
+Variants MODE:METHOD:TOL|STEPS[:bf16x3][:compile]: bf16x3 runs the blocks' matmuls as three bfloat16 products,
+compile hands the network pass to torch.compile (compiled and warmed up on each shape before timing).
+`--full VARIANT ...` also solves the whole grid in one solve and times it (measured, not extrapolated).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from benchmarks.plonk_reference import (SIZES, authors_pipeline, describe_device, matmul_rate, our_network,
                                         point_flops, random_hub_folder, synchronize)
-from geodemo.likelihood import log_density
+from geodemo.likelihood import ODEField, log_density
 from geodemo.processes import RiemannianFlowS2
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz
@@ -45,25 +48,41 @@ def authors_grid(resolution: float) -> np.ndarray:
     return np.vstack([lat_grid.ravel(), lon_grid.ravel()]).T
 
 
-def ours(network, emb, xyz, variant: str, chunk: int, device: str) -> tuple[torch.Tensor, float, int]:
-    """(log p (M,), seconds, function evaluations of the ODE solver) for variant MODE:METHOD:TOL|STEPS."""
-    mode, method, value = variant.split(":")
+def parse_variant(variant: str) -> tuple[str, str, dict]:
+    """MODE:METHOD:TOL|STEPS[:bf16x3][:compile] -> (mode, method, log_density keyword arguments)."""
+    mode, method, value, *flags = variant.split(":")
+    unknown = set(flags) - {"bf16x3", "compile"}
+    if unknown:
+        raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
     options = {"atol": float(value), "rtol": float(value)} if method.startswith("dopri") else {"steps": int(value)}
+    return mode, method, {**options, "precision": "bf16x3" if "bf16x3" in flags else "native",
+                          "compile": "compile" in flags}
+
+
+def ours(network, emb, xyz, variant: str, chunk: int, device: str) -> tuple[torch.Tensor, float, int]:
+    """(log p (M,), seconds, function evaluations of the ODE solver per chunk) for a variant (parse_variant).
+    A compiled variant is first run for one RK4 step on the same shape, so compilation stays out of the time."""
+    mode, method, options = parse_variant(variant)
+    solve = lambda meth, opts: log_density(network, RiemannianFlowS2(), SigmoidSchedule(), emb, xyz,  # noqa: E731
+                                           guidance=0.0, mode=mode, method=meth, chunk_size=chunk, **opts)[0]
+    if options["compile"]:
+        solve("rk4", {"steps": 1, "precision": options["precision"], "compile": True})
     calls = [0]
-    jvp = network.jvp_modulated
+    with_divergence = ODEField.with_divergence
 
-    def counted(y, tangents, mods):
+    def counted(field, t, y):
         calls[0] += 1
-        return jvp(y, tangents, mods)
+        return with_divergence(field, t, y)
 
-    network.jvp_modulated = counted
-    synchronize(device)
-    start = time.perf_counter()
-    logp = log_density(network, RiemannianFlowS2(), SigmoidSchedule(), emb, xyz, guidance=0.0, mode=mode,
-                       method=method, chunk_size=chunk, **options)[0]
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    del network.jvp_modulated
+    ODEField.with_divergence = counted
+    try:
+        synchronize(device)
+        start = time.perf_counter()
+        logp = solve(method, options)
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        ODEField.with_divergence = with_divergence
     return logp.double().cpu(), seconds, calls[0] // max(1, math.ceil(xyz.shape[1] / chunk))
 
 
@@ -72,8 +91,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", default="yfcc", choices=sorted(SIZES))
     parser.add_argument("--resolution", type=float, default=1.0)
-    parser.add_argument("--variants", nargs="+", default=["ambient:dopri5:1e-6", "riemannian:dopri5:1e-6"])
+    parser.add_argument("--variants", nargs="*", default=["ambient:dopri5:1e-6", "riemannian:dopri5:1e-6"])
     parser.add_argument("--tf32-variants", nargs="*", default=[], help="variants also run with TF32 matmuls (GPU)")
+    parser.add_argument("--full", nargs="*", default=[], help="variants also solved on the whole grid in one solve")
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--no-authors", action="store_true")
     parser.add_argument("--reference-points", type=int, default=256)
@@ -82,6 +102,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1 << 17)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--reference-file", type=Path, help="float64 reference values: read if it exists, else written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device, config = args.device, SIZES[args.size]
@@ -101,39 +122,30 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         rates["tf32"] = matmul_rate(device, torch.float32, n=8192)
         torch.backends.cuda.matmul.allow_tf32 = False
+    rates["bf16x3"] = matmul_rate(device, torch.bfloat16, n=8192 if device.startswith("cuda") else 2048) / 3
     print(f"device: {card}; torch {torch.__version__}; size {args.size} (dim {config.dim}, depth {config.depth}); "
           f"{args.resolution:g}-degree grid, {len(grid)} points; matmul "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
 
-    reference = {}
-    modes = {v.split(":")[0] for v in args.variants + args.tf32_variants} | ({"ambient"} if not args.no_authors else set())
+    reference = torch.load(args.reference_file) if args.reference_file and args.reference_file.exists() else {}
+    modes = {v.split(":")[0] for v in args.variants + args.tf32_variants + args.full} | ({"ambient"} if not args.no_authors else set())
     net64 = our_network(folder, device).double()
-    for mode in sorted(modes):
+    for mode in sorted(modes - set(reference)):
         logp, seconds, nfe = ours(net64, emb.double(), xyz[:, batch][:, ref_index].double(),
                                   f"{mode}:dopri5:{args.reference_tol}", args.chunk, device)
         reference[mode] = logp
         print(f"float64 reference, {mode}, {len(ref_index)} points: {seconds:.1f} s, {nfe} evaluations", flush=True)
     del net64
+    if args.reference_file:
+        torch.save(reference, args.reference_file)
 
     rows = []
-    ours(network, emb, xyz[:, :64], "ambient:rk4:2", args.chunk, device)  # warm-up
-    runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
-    for variant, tf32 in runs:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        logp, seconds, nfe = ours(network, emb, xyz[:, batch], variant, args.chunk, device)
-        mode = variant.split(":")[0]
-        err = (logp[ref_index] - reference[mode]).abs()
-        precision = "tf32" if tf32 else "fp32"
-        floor = point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
-        row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
-               "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
-               "nfe": nfe, "floor_s": floor}
-        if args.throughput_steps:
-            _, whole, whole_nfe = ours(network, emb, xyz, f"{mode}:rk4:{args.throughput_steps}", args.chunk, device)
-            row["one_solve_seconds"] = whole / whole_nfe * nfe
+
+    def record(row: dict) -> None:
         rows.append(row)
-        print(f"ours {variant} {precision}: {seconds:.2f} s on {args.batch} points, {nfe} evaluations", flush=True)
-    torch.backends.cuda.matmul.allow_tf32 = False
+        if args.json:
+            args.json.write_text(json.dumps({"card": card, "size": args.size, "resolution": args.resolution,
+                                             "rates": rates, "points": len(grid), "rows": rows}, indent=1))
 
     if not args.no_authors:
         pipe = authors_pipeline(folder, emb, device)
@@ -144,16 +156,52 @@ def main() -> None:
         seconds = time.perf_counter() - begin
         nats = theirs.double().cpu()[ref_index] * 3 * math.log(2)  # it returns bits per dimension
         err = (nats - reference["ambient"]).abs()
-        rows.append({"impl": "diff-plonk", "variant": "ambient:dopri5:1e-6", "precision": "fp32",
-                     "batch_seconds": seconds, "grid_seconds": seconds * n_batches, "max_err": float(err.max()),
-                     "mean_err": float(err.mean())})
+        record({"impl": "diff-plonk", "variant": "ambient:dopri5:1e-6", "precision": "fp32", "batch_seconds": seconds,
+                "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean())})
+        print(f"diff-plonk: {seconds:.2f} s on {args.batch} points", flush=True)
+
+    ours(network, emb, xyz[:, :64], "ambient:rk4:2", args.chunk, device)  # warm-up
+    runs = [(v, False) for v in args.variants + [f for f in args.full if f not in args.variants]]
+    runs += [(v, True) for v in args.tf32_variants]
+    for variant, tf32 in runs:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            logp, seconds, nfe = ours(network, emb, xyz[:, batch], variant, args.chunk, device)
+        except Exception as error:  # a variant this machine cannot run (e.g. no compiler) is reported, not fatal
+            print(f"ours {variant}: failed: {type(error).__name__}: {error}", flush=True)
+            continue
+        mode = variant.split(":")[0]
+        err = (logp[ref_index] - reference[mode]).abs()
+        precision = "tf32" if tf32 else "bf16x3" if "bf16x3" in variant.split(":") else "fp32"
+        floor = point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
+        row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
+               "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
+               "nfe": nfe, "floor_s": floor}
+        if args.throughput_steps:
+            flags = "".join(f":{f}" for f in variant.split(":")[3:])
+            _, whole, whole_nfe = ours(network, emb, xyz, f"{mode}:rk4:{args.throughput_steps}{flags}", args.chunk,
+                                       device)
+            row["one_solve_seconds"] = whole / whole_nfe * nfe
+        print(f"ours {variant} {precision}: {seconds:.2f} s on {args.batch} points, {nfe} evaluations", flush=True)
+        record(row)
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    for row in (r for r in rows if r["impl"] == "geodemo" and r["variant"] in args.full and r["precision"] != "tf32"):
+        mode = row["variant"].split(":")[0]
+        logp_full, full_s, full_nfe = ours(network, emb, xyz, row["variant"], args.chunk, device)
+        full_err = (logp_full[batch][ref_index] - reference[mode]).abs()
+        row.update(full_seconds=full_s, full_nfe=full_nfe, full_max_err=float(full_err.max()),
+                   full_mean_err=float(full_err.mean()), full_finite=bool(torch.isfinite(logp_full).all()))
+        record(rows.pop(rows.index(row)))
+        print(f"ours {row['variant']} whole grid in one solve: {full_s:.1f} s, {full_nfe} evaluations, max / mean "
+              f"|dlogp| {full_err.max():.1e} / {full_err.mean():.1e}", flush=True)
 
     base = next((r for r in rows if r["impl"] == "diff-plonk"), None)
-    print(f"\n{'impl':<11}{'variant':<22}{'prec':<6}{'batch s':>9}{'grid s':>10}{'speed-up':>9}{'one-solve s':>12}"
+    print(f"\n{'impl':<11}{'variant':<36}{'prec':<7}{'batch s':>9}{'grid s':>10}{'speed-up':>9}{'one-solve s':>12}"
           f"{'speed-up':>9}{'max|dlogp|':>11}{'mean|dlogp|':>12}{'NFE':>6}{'floor s':>9}")
     for row in rows:
         speed = f"{base['grid_seconds'] / row['grid_seconds']:.1f}x" if base else "-"
-        line = (f"{row['impl']:<11}{row['variant']:<22}{row['precision']:<6}{row['batch_seconds']:>9.2f}"
+        line = (f"{row['impl']:<11}{row['variant']:<36}{row['precision']:<7}{row['batch_seconds']:>9.2f}"
                 f"{row['grid_seconds']:>10.0f}{speed:>9}")
         if "one_solve_seconds" in row:
             line += f"{row['one_solve_seconds']:>12.0f}" + (f"{base['grid_seconds'] / row['one_solve_seconds']:>8.1f}x" if base else f"{'-':>9}")
@@ -163,12 +211,14 @@ def main() -> None:
         if "nfe" in row:
             line += f"{row['nfe']:>6}{row['floor_s']:>9.0f}"
         print(line)
+    for row in (r for r in rows if "full_seconds" in r):
+        speed = f"{base['grid_seconds'] / row['full_seconds']:.1f}x" if base else "-"
+        print(f"whole grid, one solve, measured: {row['variant']} {row['full_seconds']:.0f} s ({speed} diff-plonk's "
+              f"extrapolated grid), {row['full_nfe']} NFE, max / mean |dlogp| {row['full_max_err']:.1e} / "
+              f"{row['full_mean_err']:.1e}")
     print(f"grid s = batch s x {n_batches:.1f} batches (extrapolated); one-solve s = cost per evaluation with all "
           f"{len(grid)} points in one batch x the batch's NFE; floor = {point_flops(config) / 1e6:.1f} MFLOP x "
-          f"(1 + tangents: ambient 3, riemannian 2) x points x NFE / matmul rate")
-    if args.json:
-        args.json.write_text(json.dumps({"card": card, "size": args.size, "resolution": args.resolution,
-                                         "rates": rates, "points": len(grid), "rows": rows}, indent=1))
+          f"(1 + tangents: ambient 3, riemannian 2) x points x NFE / matmul rate (bf16x3: bf16 rate / 3)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Parameter names equal the authors' released `model.safetensors` keys, so their w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -82,6 +82,37 @@ class PointWeights(NamedTuple):
     initial: tuple[torch.Tensor, torch.Tensor]
     blocks: tuple[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], ...]
     final: tuple[torch.Tensor, torch.Tensor]
+
+
+Precision = Literal["native", "bf16x3"]
+"""How the blocks' matmuls run: in the weights' own dtype, or as three bfloat16 products (bf16x3_weight)."""
+
+
+def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 t = hi + lo + O(2^-16 |t|) in bfloat16: hi = t rounded to bf16 (8 significant bits), lo = bf16(t - hi).
+
+    The rounding is done on the float32 bits (integer ops), so that no compiler can fold it away as a cast pair.
+    """
+    hi = ((t.view(torch.int32) + 0x8000) & -0x10000).view(torch.float32)
+    return hi.to(torch.bfloat16), (t - hi).to(torch.bfloat16)
+
+
+def bf16x3_weight(weight: torch.Tensor) -> torch.Tensor:
+    """(3 in, out) bfloat16 [W_hi; W_lo; W_hi]^T for hidden_product's "bf16x3" matmul."""
+    w_hi, w_lo = split_bf16(weight.float())
+    return torch.cat((w_hi, w_lo, w_hi), dim=1).t().contiguous()
+
+
+def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """x W^T. "bf16x3": x_hi W_hi^T + x_hi W_lo^T + x_lo W_hi^T (x = x_hi + x_lo, W = W_hi + W_lo in bfloat16) as
+    one bfloat16 matmul with float32 accumulation, weight from bf16x3_weight: relative error ~2^-16 (TF32: 2^-11,
+    bf16: 2^-8) at three bf16 products' cost; float32 output on CUDA, emulated in float32 elsewhere."""
+    if precision == "native":
+        return F.linear(x, weight)
+    x_hi, x_lo = split_bf16(x)
+    a = torch.cat((x_hi, x_hi, x_lo), dim=-1).flatten(0, -2)
+    out = torch.mm(a, weight, out_dtype=torch.float32) if a.is_cuda else a.float() @ weight.float()
+    return out.view(*x.shape[:-1], -1)
 
 
 def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,22 +208,38 @@ class GeoDenoiser(nn.Module):
         scale1, shift = mods.final
         return F.linear(torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:])), *w.final).to(y.dtype)
 
-    def jvp_modulated(self, y: torch.Tensor, tangents: torch.Tensor, mods: Modulations
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden_weights(self, precision: Precision = "native") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """Each block's two MLP weights in the form hidden_product takes for `precision` ("bf16x3": float32
+        networks only)."""
+        if precision == "native":
+            return tuple((b.mlp[0].weight, b.mlp[3].weight) for b in self.blocks)
+        if precision != "bf16x3":
+            raise ValueError(f"precision must be 'native' or 'bf16x3', got {precision!r}")
+        if self.initial_mapper.weight.dtype != torch.float32:
+            raise ValueError("precision 'bf16x3' needs a float32 network")
+        return tuple((bf16x3_weight(b.mlp[0].weight), bf16x3_weight(b.mlp[3].weight)) for b in self.blocks)
+
+    def jvp_modulated(self, y: torch.Tensor, tangents: torch.Tensor, mods: Modulations,
+                      weights: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+                      precision: Precision = "native") -> tuple[torch.Tensor, torch.Tensor]:
         """f(y) and the directional derivatives J_f(y) t for T tangent fields at once (forward mode by hand).
 
         y (..., N, 3), tangents (T, ..., N, 3) -> (f(y) (..., N, 3), J t (T, ..., N, 3)). Cost: 1 + T forward passes
         of the point layers, batched into one matmul per layer; the modulations do not depend on y.
+        weights / precision: how the blocks' matmuls run (hidden_weights(precision), hidden_product); the input and
+        output layers (3 features) always run in the network's dtype.
         """
         w0, b0 = self.initial_mapper.weight, self.initial_mapper.bias
         x, dx = F.linear(y, w0, b0), F.linear(tangents, w0)
-        for block, (scale1, shift, gate) in zip(self.blocks, mods.blocks):
+        for block, (scale1, shift, gate), (w_in, w_out) in zip(self.blocks, mods.blocks,
+                                                               weights or self.hidden_weights(precision)):
             lin_in, lin_out = block.mlp[0], block.mlp[3]
             xh, dxh = _layer_norm_jvp(x, dx)
-            both = F.linear(torch.cat((torch.addcmul(shift, scale1, xh).unsqueeze(0), scale1 * dxh)), lin_in.weight)
+            both = hidden_product(torch.cat((torch.addcmul(shift, scale1, xh).unsqueeze(0), scale1 * dxh)), w_in,
+                                  precision)
             u = both[0] + lin_in.bias
             a, da = _gelu_jvp(u, both[1:])
-            out = F.linear(torch.cat((a.unsqueeze(0), da)), lin_out.weight)
+            out = hidden_product(torch.cat((a.unsqueeze(0), da)), w_out, precision)
             x = torch.addcmul(x, out[0] + lin_out.bias, gate)
             dx = torch.addcmul(dx, out[1:], gate)
         scale1, shift = mods.final

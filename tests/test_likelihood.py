@@ -6,7 +6,7 @@ from torch import nn
 
 from conftest import random_network
 from geodemo.grids import integrate, latlon_grid
-from geodemo.likelihood import field_and_divergence, log_density, ode_field, r3_log_density, t_at_gamma
+from geodemo.likelihood import ODEField, field_and_divergence, log_density, r3_log_density, t_at_gamma
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz, project
@@ -55,7 +55,7 @@ def test_projected_field_divergence_is_the_divergence_on_the_sphere():
     emb = torch.randn(1, 8, dtype=torch.float64)
     x = project(torch.randn(1, 20, 3, dtype=torch.float64))
     t = torch.tensor(0.6, dtype=torch.float64)
-    field = ode_field(net, RiemannianFlowS2(), SCHEDULE, emb, 0.0, on_sphere=True)
+    field = ODEField(net, RiemannianFlowS2(), SCHEDULE, emb, 0.0, True)
     _, div = field_and_divergence(lambda pts: field(t, pts), x)
     g, dg = SCHEDULE.gamma(t), SCHEDULE.dgamma(t)
     for m in range(20):
