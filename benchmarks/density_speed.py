@@ -14,7 +14,7 @@ implementation (dopri5, atol = rtol = `--reference-tol`), per mode: "ambient" (t
 R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised).
 Variants MODE:METHOD:TOL|STEPS[:bf16x3][:compile]: bf16x3 runs the blocks' matmuls as three bfloat16 products,
 compile hands the network pass to torch.compile (compiled and warmed up on each shape before timing).
-`--full VARIANT ...` also solves the whole grid in one solve and times it (measured, not extrapolated).
+`--full VARIANT ...` solves the whole grid in one solve and times it (measured, not extrapolated).
 """
 
 from __future__ import annotations
@@ -161,8 +161,13 @@ def main() -> None:
         print(f"diff-plonk: {seconds:.2f} s on {args.batch} points", flush=True)
 
     ours(network, emb, xyz[:, :64], "ambient:rk4:2", args.chunk, device)  # warm-up
-    runs = [(v, False) for v in args.variants + [f for f in args.full if f not in args.variants]]
-    runs += [(v, True) for v in args.tf32_variants]
+    runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
+
+    def precision_and_floor(variant: str, tf32: bool, nfe: int) -> tuple[str, float]:
+        precision = "tf32" if tf32 else "bf16x3" if "bf16x3" in variant.split(":") else "fp32"
+        mode = variant.split(":")[0]
+        return precision, point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
+
     for variant, tf32 in runs:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         try:
@@ -172,8 +177,7 @@ def main() -> None:
             continue
         mode = variant.split(":")[0]
         err = (logp[ref_index] - reference[mode]).abs()
-        precision = "tf32" if tf32 else "bf16x3" if "bf16x3" in variant.split(":") else "fp32"
-        floor = point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
+        precision, floor = precision_and_floor(variant, tf32, nfe)
         row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
                "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
                "nfe": nfe, "floor_s": floor}
@@ -186,20 +190,21 @@ def main() -> None:
         record(row)
     torch.backends.cuda.matmul.allow_tf32 = False
 
-    for row in (r for r in rows if r["impl"] == "geodemo" and r["variant"] in args.full and r["precision"] != "tf32"):
-        mode = row["variant"].split(":")[0]
-        logp_full, full_s, full_nfe = ours(network, emb, xyz, row["variant"], args.chunk, device)
+    for variant in args.full:
+        mode = variant.split(":")[0]
+        logp_full, full_s, full_nfe = ours(network, emb, xyz, variant, args.chunk, device)
         full_err = (logp_full[batch][ref_index] - reference[mode]).abs()
-        row.update(full_seconds=full_s, full_nfe=full_nfe, full_max_err=float(full_err.max()),
-                   full_mean_err=float(full_err.mean()), full_finite=bool(torch.isfinite(logp_full).all()))
-        record(rows.pop(rows.index(row)))
-        print(f"ours {row['variant']} whole grid in one solve: {full_s:.1f} s, {full_nfe} evaluations, max / mean "
+        precision, floor = precision_and_floor(variant, False, full_nfe)
+        record({"impl": "geodemo", "variant": variant, "precision": precision, "full_seconds": full_s,
+                "full_nfe": full_nfe, "full_max_err": float(full_err.max()), "full_mean_err": float(full_err.mean()),
+                "full_finite": bool(torch.isfinite(logp_full).all()), "floor_s": floor})
+        print(f"ours {variant} whole grid in one solve: {full_s:.1f} s, {full_nfe} evaluations, max / mean "
               f"|dlogp| {full_err.max():.1e} / {full_err.mean():.1e}", flush=True)
 
     base = next((r for r in rows if r["impl"] == "diff-plonk"), None)
     print(f"\n{'impl':<11}{'variant':<36}{'prec':<7}{'batch s':>9}{'grid s':>10}{'speed-up':>9}{'one-solve s':>12}"
           f"{'speed-up':>9}{'max|dlogp|':>11}{'mean|dlogp|':>12}{'NFE':>6}{'floor s':>9}")
-    for row in rows:
+    for row in (r for r in rows if "batch_seconds" in r):
         speed = f"{base['grid_seconds'] / row['grid_seconds']:.1f}x" if base else "-"
         line = (f"{row['impl']:<11}{row['variant']:<36}{row['precision']:<7}{row['batch_seconds']:>9.2f}"
                 f"{row['grid_seconds']:>10.0f}{speed:>9}")
@@ -215,7 +220,7 @@ def main() -> None:
         speed = f"{base['grid_seconds'] / row['full_seconds']:.1f}x" if base else "-"
         print(f"whole grid, one solve, measured: {row['variant']} {row['full_seconds']:.0f} s ({speed} diff-plonk's "
               f"extrapolated grid), {row['full_nfe']} NFE, max / mean |dlogp| {row['full_max_err']:.1e} / "
-              f"{row['full_mean_err']:.1e}")
+              f"{row['full_mean_err']:.1e}, floor {row['floor_s']:.0f} s")
     print(f"grid s = batch s x {n_batches:.1f} batches (extrapolated); one-solve s = cost per evaluation with all "
           f"{len(grid)} points in one batch x the batch's NFE; floor = {point_flops(config) / 1e6:.1f} MFLOP x "
           f"(1 + tangents: ambient 3, riemannian 2) x points x NFE / matmul rate (bf16x3: bf16 rate / 3)")
