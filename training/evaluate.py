@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ode-method", default="dopri5", help="torchdiffeq method for the likelihood")
     parser.add_argument("--ode-tol", type=float, default=1e-5, help="atol = rtol of adaptive solvers")
     parser.add_argument("--ode-steps", type=int, help="steps of fixed-step solvers (euler, midpoint, rk4)")
+    parser.add_argument("--ode-precision", default="native", choices=("native", "bf16x3"),
+                        help="bf16x3: the network's matmuls as three bfloat16 products (fast on GPU, ~float32 accuracy)")
+    parser.add_argument("--ode-compile", action="store_true", help="torch.compile the likelihood's network pass")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--output", help="JSON file (default: CHECKPOINT/evaluation.json)")
     args = parser.parse_args(argv)
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     embeddings, latlon = data.embeddings, data.latlon
     if args.max_images:
         embeddings, latlon = embeddings[:args.max_images], latlon[:args.max_images]
-    ode = {"method": args.ode_method, "atol": args.ode_tol, "rtol": args.ode_tol, "steps": args.ode_steps}
+    ode = {"method": args.ode_method, "atol": args.ode_tol, "rtol": args.ode_tol, "steps": args.ode_steps,
+           "precision": args.ode_precision, "compile": args.ode_compile}
     result = evaluate(pipeline, embeddings, latlon, steps=args.steps, guidance=args.guidance,
                       samples_per_image=args.samples_per_image, seed=args.seed, batch_size=args.batch_size,
                       likelihood_images=args.likelihood_images, localizability_samples=args.localizability_samples,
