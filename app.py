@@ -86,11 +86,12 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     gr.set_static_paths([str(PLOTLY_JS.parent)])
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
 
-    def draw_map(cells, level, summary, samples):
+    def map_outputs(cells, level, summary, samples, logp):
+        """The map, summary and download updates of one drawn refinement level."""
         title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
                  f"{'coarse grid' if level == 0 else f'refinement {level}'}")
-        return render_png(density_map_figure(cells, samples, truth=summary.truth,
-                                             best_guess=summary.best_guess, title=title))
+        figure = density_map_figure(cells, samples, truth=summary.truth, best_guess=summary.best_guess, title=title)
+        return render_png(figure), summary.to_markdown(), *write_downloads(sample_rows(samples, logp), summary)
 
     @on_gpu
     def locate(image, model_name, guidance, steps, num_samples, seed, exact_density,
@@ -138,11 +139,9 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                 summary = summarize(samples, logp, cells, truth=truth, truth_source=truth_source)
                 drawn = shown_level(level, levels)
                 if drawn:
-                    yield gr.skip(), draw_map(cells, level, summary, samples), summary.to_markdown(), \
-                        *write_downloads(sample_rows(samples, logp), summary), state
+                    yield gr.skip(), *map_outputs(cells, level, summary, samples, logp), state
             if not drawn:  # refinement stopped early on a level that was not drawn
-                yield gr.skip(), draw_map(cells, level, summary, samples), summary.to_markdown(), \
-                    *write_downloads(sample_rows(samples, logp), summary), state
+                yield gr.skip(), *map_outputs(cells, level, summary, samples, logp), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
             raise gr.Error(f"The log-density map could not be computed ({err}); the samples above still stand.") from None

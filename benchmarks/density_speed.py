@@ -164,8 +164,8 @@ def main() -> None:
     runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
 
     def precision_and_floor(variant: str, tf32: bool, nfe: int) -> tuple[str, float]:
-        precision = "tf32" if tf32 else "bf16x3" if "bf16x3" in variant.split(":") else "fp32"
-        mode = variant.split(":")[0]
+        mode, _, options = parse_variant(variant)
+        precision = "tf32" if tf32 else "bf16x3" if options["precision"] == "bf16x3" else "fp32"
         return precision, point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
 
     for variant, tf32 in runs:
