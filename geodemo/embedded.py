@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLES_DIR = ASSETS_DIR / "examples"
+from geodemo.paths import ASSETS_DIR, EXAMPLES_DIR
+
 EXAMPLES_FILE = "examples.json"
 
 EMBEDDED_MODELS: dict[str, str] = {

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from geodemo.paths import MAP_DIR
 from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz
 
-MAP_DIR = Path(__file__).resolve().parent.parent / "assets" / "map"
 OCEAN = "open water"
 
 

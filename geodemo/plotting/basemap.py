@@ -8,7 +8,7 @@ import numpy as np
 import shapefile
 from PIL import Image
 
-from geodemo.places import MAP_DIR
+from geodemo.paths import MAP_DIR
 
 COASTLINE_SHP = MAP_DIR / "shapefiles/natural_earth/physical/ne_110m_coastline.shp"
 BORDERS_SHP = MAP_DIR / "shapefiles/natural_earth/cultural/ne_110m_admin_0_boundary_lines_land.shp"
