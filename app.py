@@ -1,6 +1,6 @@
 """geodemo's Gradio app: drop an image, watch the samples land on a 3D globe, then read the log-density map.
 
-Thin UI wiring only: the computations live in geodemo (interactive, summary, plotting, images).
+Thin UI wiring and drawing decisions only: a request is geodemo.service.locate, which yields its stages.
 Run: python app.py [--model NAME_OR_FOLDER] [--port N] [--share] [--device cpu|cuda]
 """
 
@@ -16,12 +16,12 @@ import gradio as gr
 import plotly
 import torch
 
-from geodemo.embedded import example_views
+from geodemo.examples import example_views
 from geodemo.images import ImageError, load_image
-from geodemo.interactive import (DENSITY_GRID, LIMITS, Catalogue, ModelCache, ModelUnavailable, check_request,
-                                 density_stages, known_location, make_catalogue, sample_image, shown_level)
 from geodemo.plotting import density_map_figure, globe_figure, render_png
-from geodemo.summary import sample_rows, summarize, to_csv, to_geojson
+from geodemo.service import (LIMITS, Catalogue, ModelCache, ModelUnavailable, Stage, catalogue_name, check_request,
+                             locate, make_catalogue)
+from geodemo.summary import sample_rows, to_csv, to_geojson
 
 try:  # ZeroGPU Spaces: run the heavy function on a GPU lent per call
     import spaces
@@ -75,27 +75,37 @@ def example_images() -> tuple[list[str], list[str]]:
     return [str(v.path) for v in views], [v.title for v in views]
 
 
+def shown_level(stage: Stage) -> bool:
+    """Which map refinements the app draws: every other level and the answer (each drawing costs about 0.5 s)."""
+    return stage.level % 2 == 0 or stage.final
+
+
 def build_demo(catalogue: Catalogue | None = None, device: str | None = None, default_model: str | None = None,
-               density_grid: dict | None = None) -> gr.Blocks:
+               map_options: dict | None = None) -> gr.Blocks:
     """The Blocks app. Models are loaded on first use and shared read-only between users.
-    density_grid: options of geodemo.interactive.density_stages (coarse_deg, levels, max_cells_per_level)."""
-    density_grid = density_grid or {}
+    map_options: the log-density map's options (geodemo.service.MAP_OPTIONS: coarse_deg, levels, ...)."""
     catalogue = catalogue or make_catalogue()
     models = ModelCache(catalogue, device=device)
     default_model = default_model if default_model in catalogue.names else catalogue.default()
     gr.set_static_paths([str(PLOTLY_JS.parent)])
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
 
-    def map_outputs(cells, level, summary, samples, logp):
-        """The map, summary and download updates of one drawn refinement level."""
-        title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
-                 f"{'coarse grid' if level == 0 else f'refinement {level}'}")
-        figure = density_map_figure(cells, samples, truth=summary.truth, best_guess=summary.best_guess, title=title)
-        return render_png(figure), summary.to_markdown(), *write_downloads(sample_rows(samples, logp), summary)
+    def map_outputs(stage: Stage):
+        """The map, summary and download updates of one drawn stage of the request."""
+        summary, cells = stage.summary, stage.cells
+        if cells is None:
+            title, cells = "Samples (exact log-density map switched off)", None
+        else:
+            title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
+                     f"{'coarse grid' if stage.level == 0 else f'refinement {stage.level}'}")
+        figure = density_map_figure(cells, stage.samples, truth=summary.truth, best_guess=summary.best_guess,
+                                    title=title)
+        rows = sample_rows(stage.samples, stage.sample_log_density)
+        return render_png(figure), summary.to_markdown(), *write_downloads(rows, summary)
 
     @on_gpu
-    def locate(image, model_name, guidance, steps, num_samples, seed, exact_density,
-               progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
+    def locate_request(image, model_name, guidance, steps, num_samples, seed, exact_density,
+                       progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
         """One request: samples + globe first, then the log-density map refined in stages."""
         started = time.perf_counter()
         image_path = image_path_of(image)
@@ -106,42 +116,34 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             loaded = load_image(image_path)
             progress(0.05, desc=f"Loading model {model_name}")
             pipe = models.get(model_name)
-            progress(0.15, desc="Encoding the image")
-            embedding = pipe.embed(loaded.image)
-            progress(0.3, desc=f"Sampling {request.num_samples} locations in {request.steps} steps")
-            prediction = sample_image(pipe, embedding, request)
+            progress(0.15, desc=f"Sampling {request.num_samples} locations in {request.steps} steps")
+            stages = locate(pipe, loaded, request, likelihood="map" if exact_density else "none",
+                            map_options=map_options)
+            first = next(stages)
         except (ImageError, ModelUnavailable, ValueError) as err:
             raise gr.Error(str(err)) from None
         except (RuntimeError, MemoryError) as err:  # e.g. out of memory: the server stays up, the user is told
             log.exception("sampling failed")
             raise gr.Error(f"The model failed on this request ({type(err).__name__}); try fewer samples or steps.") from None
-        samples = prediction.latlon[0].double()
-        truth = loaded.gps or known_location(image_path)
-        truth_source = "EXIF GPS" if loaded.gps else "centre of this example view"
-        summary = summarize(samples, truth=truth, truth_source=truth_source)
-        globe = globe_figure(prediction.trajectories_xyz[0], samples, truth=truth, best_guess=summary.best_guess,
-                             process_name=pipe.process.name, seed=request.seed)
-        files = write_downloads(sample_rows(samples), summary)
-        state = {"model": model_name, "samples": samples.tolist(), "truth": truth, "stage": "samples"}
+        summary = first.summary
+        globe = globe_figure(first.prediction.trajectories_xyz[0], first.samples, truth=summary.truth,
+                             best_guess=summary.best_guess, process_name=pipe.process.name, seed=request.seed)
+        state = {"model": model_name, "samples": first.samples.tolist(), "truth": summary.truth}
         log.info("samples + globe in %.2f s", time.perf_counter() - started)
+        files = write_downloads(sample_rows(first.samples), summary)
         yield globe.to_json(), gr.skip(), summary.to_markdown(), *files, state
-        if not exact_density:
-            fig = density_map_figure(None, samples, truth=truth, best_guess=summary.best_guess,
-                                     title="Samples (exact log-density map switched off)")
-            yield gr.skip(), render_png(fig), gr.skip(), gr.skip(), gr.skip(), state
+        if first.final:
+            yield gr.skip(), *map_outputs(first)[:1], gr.skip(), gr.skip(), gr.skip(), state
             return
         try:
             progress(0.45, desc="Log-density on a coarse grid and at the samples")
-            levels = {**DENSITY_GRID, **density_grid}["levels"]
-            drawn = True
-            for level, (cells, logp) in enumerate(density_stages(pipe, embedding, samples, **density_grid)):
-                progress(min(0.95, 0.55 + 0.4 * level / max(1, levels)), desc=f"Log-density map, refinement {level}")
-                summary = summarize(samples, logp, cells, truth=truth, truth_source=truth_source)
-                drawn = shown_level(level, levels)
-                if drawn:
-                    yield gr.skip(), *map_outputs(cells, level, summary, samples, logp), state
-            if not drawn:  # refinement stopped early on a level that was not drawn
-                yield gr.skip(), *map_outputs(cells, level, summary, samples, logp), state
+            drawn = None
+            for stage in stages:
+                progress(min(0.95, 0.55 + 0.4 * stage.level / max(1, stage.levels)),
+                         desc=f"Log-density map, refinement {stage.level}")
+                if shown_level(stage) and stage.cells is not drawn:
+                    drawn = stage.cells
+                    yield gr.skip(), *map_outputs(stage), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
             raise gr.Error(f"The log-density map could not be computed ({err}); the samples above still stand.") from None
@@ -181,7 +183,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                     geojson_file = gr.File(label="Samples (GeoJSON)", elem_id="geojson-file")
         state = gr.State()
         model.change(describe, inputs=model, outputs=model_info, api_name=False)
-        run.click(locate, inputs=[image, model, guidance, steps, num_samples, seed, exact_density],
+        run.click(locate_request, inputs=[image, model, guidance, steps, num_samples, seed, exact_density],
                   outputs=[globe, density_map, summary, csv_file, geojson_file, state], api_name="locate",
                   concurrency_limit=2, preprocess=False)
     return demo
@@ -215,7 +217,10 @@ if __name__ == "__main__":
     torch.set_num_threads(max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but no CUDA GPU is visible")
-    demo = build_demo(make_catalogue(args.model), device=args.device, default_model=args.model and (
-        Path(args.model).name if Path(args.model).is_dir() else args.model))
+    try:
+        catalogue = make_catalogue(args.model)
+    except ModelUnavailable as err:
+        raise SystemExit(f"error: {err}") from None
+    demo = build_demo(catalogue, device=args.device, default_model=args.model and catalogue_name(args.model))
     demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name=args.host, server_port=args.port,
                                                                 share=args.share)

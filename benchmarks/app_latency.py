@@ -19,12 +19,11 @@ import torch
 
 from geodemo.checkpoint import save_checkpoint
 from geodemo.images import load_image
-from geodemo.interactive import (DENSITY_GRID, ModelCache, Request, density_stages, make_catalogue, sample_image,
-                                 shown_level)
+from geodemo.service import MAP_OPTIONS, ModelCache, check_request, locate, make_catalogue
 from geodemo.network import GeoDenoiser, NetworkConfig
+from app import shown_level
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
-from geodemo.summary import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,9 +56,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the app's default is 1)")
-    parser.add_argument("--coarse-deg", type=float, default=DENSITY_GRID["coarse_deg"])
-    parser.add_argument("--levels", type=int, default=DENSITY_GRID["levels"])
-    parser.add_argument("--max-cells", type=int, default=DENSITY_GRID["max_cells_per_level"])
+    parser.add_argument("--coarse-deg", type=float, default=MAP_OPTIONS["coarse_deg"])
+    parser.add_argument("--levels", type=int, default=MAP_OPTIONS["levels"])
+    parser.add_argument("--max-cells", type=int, default=MAP_OPTIONS["max_cells_per_level"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -71,7 +70,8 @@ def main() -> None:
         label = f"stand-in for {args.model!r} (dim 256, depth 8, random weights; shipped model not on disk)"
         args.model = folder.name
     pipe = ModelCache(catalogue, device="cpu").get(args.model)
-    request = Request(num_samples=args.samples, steps=args.steps, guidance=args.guidance, seed=0)
+    request = check_request(args.samples, args.steps, args.guidance, 0)
+    options = {"coarse_deg": args.coarse_deg, "levels": args.levels, "max_cells_per_level": args.max_cells}
     rows: list[tuple[str, float, str]] = []
 
     def timed(name: str, fn, note=lambda result: ""):
@@ -84,32 +84,24 @@ def main() -> None:
     rate_before = matmul_rate()
     t0 = time.perf_counter()
     loaded = timed("load image", lambda: load_image(args.image))
-    emb = timed("encode", lambda: pipe.embed(loaded.image))
-    pred = timed("sample + trajectories", lambda: sample_image(pipe, emb, request),
-                 lambda p: f"{args.samples} samples x {args.steps} steps, w={args.guidance}")
-    samples = pred.latlon[0].double()
-    summary = timed("summary (samples)", lambda: summarize(samples, truth=loaded.gps))
-    timed("globe figure + JSON", lambda: globe_figure(pred.trajectories_xyz[0], samples,
-                                                            best_guess=summary.best_guess).to_json(),
-                lambda js: f"{len(js) / 1e6:.2f} MB sent")
-    first = time.perf_counter() - t0
-    stages = iter(density_stages(pipe, emb, samples, coarse_deg=args.coarse_deg, levels=args.levels,
-                                 max_cells_per_level=args.max_cells))
-    level = 0
+    stages = locate(pipe, loaded, request, likelihood="map", map_options=options)
+    first = timed("encode + sample + summary", lambda: next(stages),
+                  lambda st: f"{args.samples} samples x {args.steps} steps, w={args.guidance}")
+    timed("globe figure + JSON", lambda: globe_figure(first.prediction.trajectories_xyz[0], first.samples,
+                                                      best_guess=first.summary.best_guess).to_json(),
+          lambda js: f"{len(js) / 1e6:.2f} MB sent")
+    first_time = time.perf_counter() - t0
     while True:
-        stage = timed(f"density level {level}", lambda: next(stages, None),
-                      lambda st: f"{st[0].evaluations} grid points in total"
-                                 f"{f' + {len(st[1])} samples' if level == 0 else ''}, "
-                                 f"integral {st[0].total_mass():.3f}" if st else "")
+        stage = timed("density level", lambda: next(stages, None),
+                      lambda st: f"{st.cells.evaluations} grid points in total, integral {st.cells.total_mass():.3f}"
+                      if st else "")
         if stage is None:
             rows.pop()
             break
-        cells, logp = stage
-        summary = timed(f"summary level {level}", lambda: summarize(samples, logp, cells, truth=loaded.gps))
-        if shown_level(level, args.levels):  # the app draws these levels only
-            timed(f"map render level {level}", lambda: render_png(density_map_figure(cells, samples,
-                                                                                    best_guess=summary.best_guess)))
-        level += 1
+        rows[-1] = (f"density level {stage.level}{' (answer)' if stage.final else ''}", *rows[-1][1:])
+        if shown_level(stage):  # the app draws these levels only
+            timed(f"map render level {stage.level}", lambda: render_png(density_map_figure(
+                stage.cells, stage.samples, best_guess=stage.summary.best_guess)))
     total = time.perf_counter() - t0
     print(f"model: {label}; torch threads: {torch.get_num_threads()}; image: {Path(args.image).name}")
     print(f"CPU available (2048^3 fp32 matmul): {rate_before:.0f} GFLOP/s before, {matmul_rate():.0f} after; "
@@ -117,7 +109,7 @@ def main() -> None:
     print(f"{'stage':<28}{'seconds':>9}  note")
     for name, seconds, note in rows:
         print(f"{name:<28}{seconds:>9.2f}  {note}")
-    print(f"{'samples + globe (target < 3 s)':<28}{first:>9.2f}")
+    print(f"{'samples + globe (target < 3 s)':<28}{first_time:>9.2f}")
     print(f"{'complete map (target < 15 s)':<28}{total:>9.2f}")
 
 

@@ -1,5 +1,5 @@
-"""Command line: `python -m geodemo predict IMG [IMG ...] --model NAME --samples N --steps S --guidance W
---seed K --format json|csv|geojson`.
+"""Command line: `geodemo predict IMG [IMG ...] --model NAME --samples N --steps S --guidance W --seed K
+--format json|csv|geojson` (also `python -m geodemo ...`).
 
 Prints, per image, the best guess (highest-likelihood sample and its nearest place), the samples' summary
 (top modes, countries) and the localizability. A bad file gets its own error record and the batch goes on;
@@ -12,23 +12,22 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 from typing import Sequence, TextIO
 
-from geodemo.images import ImageError, load_image
-from geodemo.interactive import (LIMITS, SCORED_SAMPLES, ModelCache, ModelUnavailable, check_request, known_location,
-                                 make_catalogue, sample_image, sample_log_density)
-from geodemo.summary import sample_rows, summarize, to_csv
+from geodemo.images import ImageError
+from geodemo.service import (LIMITS, SCORED_SAMPLES, ModelCache, ModelUnavailable, catalogue_name, check_request,
+                             locate, make_catalogue)
+from geodemo.summary import geojson_features, sample_rows, to_csv
 
 log = logging.getLogger("geodemo.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m geodemo", description="Generative visual geolocation (PLONK).")
+    parser = argparse.ArgumentParser(prog="geodemo", description="Generative visual geolocation (PLONK).")
     commands = parser.add_subparsers(dest="command", required=True)
     predict = commands.add_parser("predict", help="sample locations for images and summarise them")
     predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--model", default="default", help="embedded model name, hub id or model folder")
+    predict.add_argument("--model", default="default", help="shipped model name, hub id or model folder")
     predict.add_argument("--samples", type=int, default=128, help=f"samples per image {LIMITS['num_samples']}")
     predict.add_argument("--steps", type=int, default=32, help=f"sampler steps {LIMITS['steps']}")
     predict.add_argument("--guidance", type=float, default=2.0, help=f"guidance scale {LIMITS['guidance']}")
@@ -42,48 +41,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def predict_one(pipe, path: str, request, scored: int) -> tuple[dict, list[dict]]:
-    """Summary record and sample rows of one image; raises ImageError / ValueError for a bad file."""
-    loaded = load_image(path)
-    embedding = pipe.embed(loaded.image)
-    samples = sample_image(pipe, embedding, request).latlon[0].double()
-    logp = sample_log_density(pipe, embedding, samples, limit=scored) if scored > 0 else None
-    truth = loaded.gps or known_location(path)
-    summary = summarize(samples, logp, truth=truth,
-                        truth_source="EXIF GPS" if loaded.gps else "centre of this example view")
-    record = {"image": path, "ok": True, **summary.to_dict()}
-    return record, sample_rows(samples, logp)
+def predict_one(pipe, path: str, request, scored: int) -> tuple[dict, list[dict], list[dict]]:
+    """Summary record, sample rows and GeoJSON features of one image; raises ImageError / ValueError."""
+    stages = locate(pipe, path, request, likelihood="samples" if scored > 0 else "none", scored=scored)
+    final = next(stage for stage in stages if stage.final)
+    rows = sample_rows(final.samples, final.sample_log_density)
+    return ({"image": path, "ok": True, **final.summary.to_dict()}, rows,
+            geojson_features(rows, final.summary, image=path))
 
 
 def run_predict(args: argparse.Namespace, out: TextIO) -> int:
     try:
         request = check_request(args.samples, args.steps, args.guidance, args.seed)
-        catalogue = make_catalogue(args.model)
-        pipe = ModelCache(catalogue, device=args.device).get(
-            Path(args.model).name if Path(args.model).is_dir() else args.model)
+        pipe = ModelCache(make_catalogue(args.model), device=args.device).get(catalogue_name(args.model))
     except (ModelUnavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     failures = 0
-    records, features, header_written = [], [], False
+    features, header_written = [], False
     for path in args.images:
         try:
-            record, rows = predict_one(pipe, path, request, 0 if args.no_likelihood else args.scored)
+            record, rows, image_features = predict_one(pipe, path, request, 0 if args.no_likelihood else args.scored)
         except (ImageError, ValueError, OSError) as err:
             failures += 1
             print(f"error: {path}: {err}", file=sys.stderr)
-            record, rows = {"image": path, "ok": False, "error": str(err)}, []
-        records.append(record)
+            record, rows, image_features = {"image": path, "ok": False, "error": str(err)}, [], []
+        features += image_features
         if args.format == "json":
             out.write(json.dumps(record) + "\n")
         elif args.format == "csv" and rows:
             text = to_csv([{"image": path, **r} for r in rows])
             out.write(text if not header_written else text.split("\n", 1)[1])
             header_written = True
-        elif args.format == "geojson":
-            features += [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
-                          "properties": {"image": path, **{k: v for k, v in r.items() if k not in ("lat", "lon")}}}
-                         for r in rows]
         out.flush()
     if args.format == "geojson":
         out.write(json.dumps({"type": "FeatureCollection", "features": features}) + "\n")

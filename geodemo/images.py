@@ -32,13 +32,15 @@ class ImageError(ValueError):
 class LoadedImage:
     """An RGB image ready for an encoder, with what the file said about itself.
 
-    gps: (lat, lon) degrees from EXIF when present and valid; original_size: (width, height) as stored.
+    gps: (lat, lon) degrees from EXIF when present and valid; original_size: (width, height) as stored;
+    path: the file it came from, when it came from a file.
     """
 
     image: Image.Image
     gps: tuple[float, float] | None
     original_size: tuple[int, int]
     source_mode: str
+    path: Path | None = None
 
 
 def load_image(source: str | Path | bytes | BinaryIO | Image.Image, max_side: int = MAX_SIDE) -> LoadedImage:
@@ -69,7 +71,8 @@ def load_image(source: str | Path | bytes | BinaryIO | Image.Image, max_side: in
         raise ImageError(f"{name} is not an image we can read (not a JPEG, PNG, WebP, TIFF, BMP or GIF file)") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as err:
         raise ImageError(f"{name} is damaged or truncated and cannot be decoded ({_short(err)})") from None
-    return LoadedImage(image=image, gps=gps, original_size=original_size, source_mode=source_mode)
+    return LoadedImage(image=image, gps=gps, original_size=original_size, source_mode=source_mode,
+                       path=Path(source) if isinstance(source, (str, Path)) else None)
 
 
 def _open(source: str | Path | bytes | BinaryIO) -> Image.Image:

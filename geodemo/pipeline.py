@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 
-from geodemo.checkpoint import CheckpointError, load_network, read_info
-from geodemo import hub
-from geodemo.embedded import available_embedded_models, embedded_model_path
+from geodemo.checkpoint import load_network, read_info
 from geodemo.encoders import Encoder, get_encoder
 from geodemo.grids import latlon_grid
 from geodemo.likelihood import log_density
 from geodemo.network import GeoDenoiser
 from geodemo.processes import Process, process_from_name
+from geodemo.registry import lookup
 from geodemo.sampling import make_generator, sample
 from geodemo.schedules import Schedule, schedule_from_config
 from geodemo.sphere import latlon_to_xyz, xyz_to_latlon
@@ -99,11 +97,11 @@ class GeoPipeline:
         """Sample num_samples locations per image by the process's deterministic sampler."""
         emb = self._embeddings(images, embeddings)
         out = sample(self.network, self.process, self.schedule, emb, num_samples=num_samples, steps=steps,
-                     guidance=guidance, seed=seed, initial_noise=initial_noise, trajectory=trajectories)
+                     guidance=guidance, seed=seed, initial_noise=initial_noise, trajectories=trajectories)
         latlon = xyz_to_latlon(out.xyz).cpu()
-        if out.trajectory is None:
+        if out.trajectories is None:
             return Prediction(latlon=latlon)
-        traj = out.trajectory.cpu()
+        traj = out.trajectories.cpu()
         return Prediction(latlon=latlon, trajectories=xyz_to_latlon(traj), trajectories_xyz=traj)
 
     def predict_batch(self, images=None, embeddings=None, num_samples: int = 64, steps: int = 32,
@@ -138,31 +136,31 @@ class GeoPipeline:
             rows.append(xyz_to_latlon(torch.cat(parts, dim=1)).cpu())
         return Prediction(latlon=torch.cat(rows))
 
-    def best_guess(self, images=None, embeddings=None, num_samples: int = 64, sample_steps: int = 32, guidance: float = 2.0,
+    def best_guess(self, images=None, embeddings=None, num_samples: int = 64, steps: int = 32, guidance: float = 2.0,
                    seed: int | torch.Generator | None = 0, density_guidance: float = 0.0,
-                   max_points: int = MAX_POINTS_PER_CHUNK, **ode_options) -> BestGuess:
+                   max_points: int = MAX_POINTS_PER_CHUNK, ode_options: dict | None = None) -> BestGuess:
         """The highest-likelihood sample among num_samples per image (the authors' one-prediction answer).
 
-        Samples are drawn with sample_steps sampler steps and `guidance` (PLONK evaluates point estimates at
+        Samples are drawn with `steps` sampler steps and `guidance` (PLONK evaluates point estimates at
         w = 2) and ranked by log p(sample | image) at `density_guidance` (0: the model's own density, as its NLL);
-        ode_options go to log_density.
+        ode_options (method, steps, atol, ...) go to log_density.
         """
         emb = self._embeddings(images, embeddings)
-        samples = self.predict_batch(embeddings=emb, num_samples=num_samples, steps=sample_steps, guidance=guidance,
+        samples = self.predict_batch(embeddings=emb, num_samples=num_samples, steps=steps, guidance=guidance,
                                      seed=seed, max_points=max_points).latlon
-        logp = self.log_density(samples, embeddings=emb, guidance=density_guidance, **ode_options)
+        logp = self.log_density(samples, embeddings=emb, guidance=density_guidance, **(ode_options or {}))
         best = logp.argmax(dim=1)
         rows = torch.arange(samples.shape[0])
         return BestGuess(latlon=samples[rows, best], log_density=logp[rows, best], samples=samples,
                          sample_log_density=logp)
 
-    def mode(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32, guidance: float = 0.0,
-             seed: int | torch.Generator | None = 0, bandwidth_km: float | None = None,
-             max_points: int = MAX_POINTS_PER_CHUNK) -> torch.Tensor:
+    def densest_sample(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32,
+                       guidance: float = 0.0, seed: int | torch.Generator | None = 0, bandwidth_km: float | None = None,
+                       max_points: int = MAX_POINTS_PER_CHUNK) -> torch.Tensor:
         """(B, 2) degrees: per image, the sample of highest kernel density among its samples (no ODE)."""
         samples = self.predict_batch(images, embeddings, num_samples=num_samples, steps=steps, guidance=guidance,
                                      seed=seed, max_points=max_points).latlon
-        return samples_mode(samples, bandwidth_km)
+        return densest_samples(samples, bandwidth_km)
 
     def log_density(self, latlon, images=None, embeddings=None, guidance: float = 0.0, **ode_options) -> torch.Tensor:
         """log p(latlon | image) in nats per steradian, (B, M). latlon: (M, 2) shared or (B, M, 2) degrees."""
@@ -186,73 +184,33 @@ class GeoPipeline:
         logp = self.log_density(grid.latlon, guidance=guidance, **kwargs, **ode_options)
         return grid.lats, grid.lons, logp[0].reshape(grid.shape)
 
-    def localizability(self, images=None, embeddings=None, num_samples: int = 256, sample_steps: int = 32,
-                       seed: int | None = 0, **ode_options) -> torch.Tensor:
-        """Negative entropy estimate (B,): mean over the model's own samples (drawn with sample_steps sampler
+    def localizability(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32,
+                       seed: int | None = 0, ode_options: dict | None = None) -> torch.Tensor:
+        """Negative entropy estimate (B,): mean over the model's own samples (drawn with `steps` sampler
         steps, guidance 0) of log p(sample | c), in nats per steradian; ode_options go to log_density."""
         emb = self._embeddings(images, embeddings)
-        samples = self.predict(embeddings=emb, num_samples=num_samples, steps=sample_steps, seed=seed).latlon
-        return self.log_density(samples, embeddings=emb, **ode_options).mean(dim=1)
+        samples = self.predict(embeddings=emb, num_samples=num_samples, steps=steps, seed=seed).latlon
+        return self.log_density(samples, embeddings=emb, **(ode_options or {})).mean(dim=1)
 
 
-def samples_mode(samples: torch.Tensor, bandwidth_km: float | None = None) -> torch.Tensor:
+def densest_samples(samples: torch.Tensor, bandwidth_km: float | None = None) -> torch.Tensor:
     """(B, 2): for each image the sample of samples (B, N, 2) degrees with the highest Gaussian kernel density
-    (haversine distance, bandwidth_km; geodemo.summary's KDE) among that image's samples."""
-    from geodemo.summary import KDE_BANDWIDTH_KM, kde_scores
+    (haversine distance, bandwidth_km; geodemo.metrics.kde_scores) among that image's samples."""
+    from geodemo.metrics import KDE_BANDWIDTH_KM, kde_scores
 
     h = KDE_BANDWIDTH_KM if bandwidth_km is None else bandwidth_km
     return torch.stack([s[kde_scores(s, h).argmax()] for s in samples]) if len(samples) else samples[:, 0]
 
 
-FolderOrResolver = str | Path | Callable[[], str | Path]
-_REGISTERED_MODELS: dict[str, FolderOrResolver] = {
-    name: partial(embedded_model_path, name) for name in available_embedded_models()
-}
-
-
-def register_model(name: str, folder_or_resolver: FolderOrResolver) -> None:
-    """Make geodemo.load(name) open a folder, or the folder a resolver returns when first asked (downloads,
-    unpacking). Local folders named `name` still win; hub ids come last."""
-    _REGISTERED_MODELS[name] = folder_or_resolver
-
-
-def registered_models() -> list[str]:
-    return sorted(_REGISTERED_MODELS)
-
-
-def resolve_model_folder(name_or_path: str | Path) -> Path:
-    """A local folder -> itself; a registered name -> its folder; a hub id ('owner/name') -> the downloaded
-    (or cached) snapshot. Anything else is a CheckpointError saying which forms are accepted."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    name = str(name_or_path)
-    if name in _REGISTERED_MODELS:
-        target = _REGISTERED_MODELS[name]
-        return Path(target() if callable(target) else target)
-    if hub.is_hub_id(name) and not path.exists():
-        return hub.resolve(name)
-    raise CheckpointError(
-        f"{name!r} is not a model folder (config.json + model.safetensors), a registered model "
-        f"({', '.join(registered_models())}) or a hub id such as 'nicolas-dufour/PLONK_YFCC'"
-    )
-
-
 def load(name_or_path: str | Path, device: torch.device | str | None = None, *, process: str | None = None,
          encoder: str | None = None) -> GeoPipeline:
-    """Load a model: a local folder holding config.json + model.safetensors (the hub format), a registered name
-    (the shipped models: "default", "earth-flow", ...), or a hub id such as nicolas-dufour/PLONK_OSV_5M.
-
-    Process, schedule and encoder come from config.json's "geodemo" entry; for the authors' released models
-    (plain config.json) from the id or the folder's name (geodemo.hub.official_model); `process` / `encoder`
-    override both.
-    """
-    folder = resolve_model_folder(name_or_path)
+    """Load a model by anything geodemo.registry.lookup resolves: a local folder holding config.json +
+    model.safetensors (the hub format), a shipped or registered name ("default", "earth-flow", ...) or a hub id
+    such as nicolas-dufour/PLONK_OSV_5M. `process` / `encoder` override what the registry says."""
+    entry = lookup(name_or_path)
+    folder = entry.local_folder()
     info = read_info(folder)
     network = load_network(folder, info)
-    official = hub.official_model(name_or_path) or hub.official_model(folder.resolve())
-    process_name = process or info.process or (official.process if official else "rfm_s2")
-    schedule = schedule_from_config(info.schedule or (official.schedule if official else None))
-    encoder_name = encoder or info.encoder or (official.encoder if official else None)
-    return GeoPipeline(network, process_from_name(process_name), schedule, encoder=encoder_name, device=device,
-                       name=official.hub_id if official and not Path(name_or_path).is_dir() else str(name_or_path))
+    return GeoPipeline(network, process_from_name(process or entry.process(info)),
+                       schedule_from_config(entry.schedule(info)), encoder=encoder or entry.encoder(info),
+                       device=device, name=entry.display_name)

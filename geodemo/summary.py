@@ -23,16 +23,17 @@ import numpy as np
 import torch
 
 from geodemo.adaptive_density import DensityCells
-from geodemo.metrics import geoscore, pairwise_haversine_km
+from geodemo.metrics import geoscore, kde_scores, pairwise_haversine_km
 from geodemo.places import OCEAN, Place, countries, country_index, nearest_places
 from geodemo.sphere import haversine_km
 
 MODE_RADIUS_KM = 500.0
-KDE_BANDWIDTH_KM = 250.0
 
 
 @dataclass
-class Mode:
+class Peak:
+    """A mode of the distribution: a local peak of the samples at (lat, lon) with the probability near it."""
+
     lat: float
     lon: float
     place: Place
@@ -53,7 +54,7 @@ class Summary:
     best_guess_place: Place
     best_guess_rule: str
     best_log_density: float | None
-    modes: list[Mode]
+    modes: list[Peak]
     countries: list[CountryOdds]
     source: str
     num_samples: int
@@ -101,12 +102,6 @@ class Summary:
 
 def _format_latlon(lat: float, lon: float) -> str:
     return f"{abs(lat):.3f}°{'N' if lat >= 0 else 'S'}, {abs(lon):.3f}°{'E' if lon >= 0 else 'W'}"
-
-
-def kde_scores(samples: torch.Tensor, bandwidth_km: float = KDE_BANDWIDTH_KM) -> torch.Tensor:
-    """(N,) kernel density of each sample among all: sum_j exp(-d_ij^2 / (2 h^2))."""
-    d = pairwise_haversine_km(samples, samples)
-    return torch.exp(-0.5 * (d / bandwidth_km) ** 2).sum(dim=1)
 
 
 def find_modes(samples: torch.Tensor, radius_km: float = MODE_RADIUS_KM, max_modes: int = 3,
@@ -185,7 +180,7 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
         best_guess_place=places[0],
         best_guess_rule=rule,
         best_log_density=best_logp,
-        modes=[Mode(float(c[0]), float(c[1]), p, float(s)) for c, p, s in zip(centres, places[1:], shares)],
+        modes=[Peak(float(c[0]), float(c[1]), p, float(s)) for c, p, s in zip(centres, places[1:], shares)],
         countries=[CountryOdds(names[i] if names[i] != OCEAN else "Open water (no country)", float(odds[i]))
                    for i in order if odds[i] > 0],
         source=source,
@@ -231,19 +226,24 @@ def to_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def to_geojson(rows: list[dict], summary: Summary | None = None) -> str:
-    """GeoJSON FeatureCollection of the samples (Point [lon, lat]), the best guess and the truth as features."""
-    features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
-                 "properties": {k: v for k, v in r.items() if k not in ("lat", "lon")} | {"kind": "sample"}}
+def geojson_features(rows: list[dict], summary: Summary | None = None, **properties) -> list[dict]:
+    """GeoJSON Point features [lon, lat] of the samples, the best guess and the truth; `properties` are added
+    to each (e.g. the image's name when several images share one collection)."""
+    def point(lat: float, lon: float, props: dict) -> dict:
+        return {"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
+                "properties": {**properties, **props}}
+
+    features = [point(r["lat"], r["lon"], {k: v for k, v in r.items() if k not in ("lat", "lon")} | {"kind": "sample"})
                 for r in rows]
     if summary is not None:
-        lat, lon = summary.best_guess
-        features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
-                         "properties": {"kind": "best_guess", "place": summary.best_guess_place.label(),
-                                        "rule": summary.best_guess_rule}})
+        features.append(point(*summary.best_guess, {"kind": "best_guess", "place": summary.best_guess_place.label(),
+                                                    "rule": summary.best_guess_rule}))
         if summary.truth is not None:
-            features.append({"type": "Feature",
-                             "geometry": {"type": "Point", "coordinates": [summary.truth[1], summary.truth[0]]},
-                             "properties": {"kind": "true_location", "error_km": summary.error_km,
-                                            "geoscore": summary.geoscore}})
-    return json.dumps({"type": "FeatureCollection", "features": features})
+            features.append(point(*summary.truth, {"kind": "true_location", "error_km": summary.error_km,
+                                                   "geoscore": summary.geoscore}))
+    return features
+
+
+def to_geojson(rows: list[dict], summary: Summary | None = None) -> str:
+    """GeoJSON FeatureCollection of the samples, the best guess and the truth (geojson_features)."""
+    return json.dumps({"type": "FeatureCollection", "features": geojson_features(rows, summary)})

@@ -14,7 +14,7 @@ from PIL import Image
 
 from geodemo.checkpoint import save_checkpoint
 from geodemo.encoders import available_encoders, register_encoder
-from geodemo.interactive import make_catalogue
+from geodemo.service import make_catalogue
 from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
 
@@ -71,13 +71,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(model_folder: Path | None, density_grid: dict):
+def launch_app(model_folder: Path | None, map_options: dict):
     """Start the real app (app.py) on a free localhost port in this process; returns (url, demo).
     model_folder None: the shipped models only."""
     import app
 
     catalogue = make_catalogue(str(model_folder) if model_folder else None)
-    demo = app.build_demo(catalogue, device="cpu", density_grid=density_grid)
+    demo = app.build_demo(catalogue, device="cpu", map_options=map_options)
     port = free_port()
     demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=port,
                                                    prevent_thread_lock=True, quiet=True)

@@ -18,7 +18,7 @@ MODEL = "app-test-model"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = build_test_model(tmp_path_factory.mktemp("models") / MODEL)
-    url, demo = launch_app(folder, density_grid={"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8})
+    url, demo = launch_app(folder, map_options={"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8})
     yield url
     demo.close()
 

@@ -14,7 +14,7 @@ from playwright.sync_api import sync_playwright
 
 import app
 from app_fixtures import build_test_model, launch_app
-from geodemo.interactive import embedded_models
+from geodemo.registry import shipped_models
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -28,9 +28,9 @@ if not Path(CHROMIUM).is_file():
 def url(tmp_path_factory):
     """The app with the shipped default model (a random test model if none is shipped); the full map only
     when a screenshot is kept."""
-    folder = None if embedded_models() else build_test_model(tmp_path_factory.mktemp("models") / "browser-test-model")
+    folder = None if shipped_models() else build_test_model(tmp_path_factory.mktemp("models") / "browser-test-model")
     grid = {} if os.environ.get("GEODEMO_SCREENSHOT") else {"coarse_deg": 30.0, "levels": 2, "max_cells_per_level": 8}
-    url, demo = launch_app(folder, density_grid=grid)
+    url, demo = launch_app(folder, map_options=grid)
     yield url
     demo.close()
 

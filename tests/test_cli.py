@@ -48,12 +48,17 @@ def test_csv_and_geojson_formats(model, tmp_path):
     out = io.StringIO()
     assert main(["predict", images[0], "--model", str(model), "--samples", "8", "--steps", "3",
                  "--format", "geojson", "--no-likelihood"], out=out) == 0
-    assert len(json.loads(out.getvalue())["features"]) == 8
+    features = json.loads(out.getvalue())["features"]
+    kinds = [f["properties"]["kind"] for f in features]
+    assert kinds == ["sample"] * 8 + ["best_guess"]  # the same features as the app's GeoJSON
+    assert all(f["properties"]["image"] == images[0] for f in features)
 
 
 def test_bad_arguments_and_unknown_model(tmp_path, capsys):
     image = str(write_test_image(tmp_path / "x.jpg"))
     assert main(["predict", image, "--model", "no-such-model"]) == 2
-    assert "Unknown model 'no-such-model'" in capsys.readouterr().err
+    assert "'no-such-model': not a model" in capsys.readouterr().err
+    assert main(["predict", image, "--model", str(tmp_path / "nonexistent")]) == 2  # never a silent default
+    assert "no such folder" in capsys.readouterr().err
     assert main(["predict", image, "--steps", "100000"]) == 2
     assert "steps must be between 1 and 250" in capsys.readouterr().err

@@ -8,9 +8,11 @@ from PIL import Image
 
 import geodemo
 from geodemo.checkpoint import CheckpointError, read_info
-from geodemo.earth_views import render_example
-from geodemo.embedded import ASSETS_DIR, EMBEDDED_MODELS, available_embedded_models, embedded_model_path, example_views
+from geodemo.examples import example_views
+from geodemo.paths import ASSETS_DIR
+from geodemo.registry import SHIPPED_MODELS, known_names, lookup, shipped_folder
 from geodemo.sphere import haversine_km
+from training.earth_views import render_example
 
 CAT = Path(__file__).parent / "data" / "chelsea.jpg"
 PROCESSES = {"earth-rfm": "rfm_s2", "earth-flow": "flow_r3", "earth-diffusion": "diffusion_r3"}
@@ -22,16 +24,21 @@ def default_model():
 
 
 def test_names_resolve_to_shipped_folders():
-    assert {"default", "earth-rfm", "earth-flow", "earth-diffusion"} <= set(available_embedded_models())
-    assert embedded_model_path("default") == embedded_model_path("earth-rfm") == ASSETS_DIR / "earth-rfm"
-    assert embedded_model_path("no-such-model") is None
-    with pytest.raises(CheckpointError, match="not a model folder"):
+    assert {"default", "earth-rfm", "earth-flow", "earth-diffusion"} <= set(known_names())
+    assert shipped_folder("default") == shipped_folder("earth-rfm") == ASSETS_DIR / "earth-rfm"
+    assert shipped_folder("no-such-model") is None
+    entry = lookup("default")
+    assert (entry.kind, entry.folder, entry.process(), entry.encoder()) == (
+        "shipped", ASSETS_DIR / "earth-rfm", "rfm_s2", "efficientnet_lite0")
+    with pytest.raises(CheckpointError, match="not a model"):
         geodemo.load("no-such-model")
+    with pytest.raises(CheckpointError, match="no such folder"):
+        geodemo.load("/nonexistent/model")
 
 
-@pytest.mark.parametrize("name", sorted(EMBEDDED_MODELS))
+@pytest.mark.parametrize("name", sorted(SHIPPED_MODELS))
 def test_shipped_checkpoints_are_small_and_describe_themselves(name):
-    folder = embedded_model_path(name)
+    folder = shipped_folder(name)
     assert (folder / "model.safetensors").stat().st_size <= 16 * 2**20
     info = read_info(folder)
     assert info.process == PROCESSES[name] and info.encoder == "efficientnet_lite0"

@@ -2,7 +2,7 @@
 
 Each view's centre is uniform on S^2 (oceans and ice included, so the learned prior is honest), its
 width log-uniform in [1000, 4000] km, its rotation uniform in +-10 degrees, and its pixels perturbed by
-`geodemo.earth_views.augment`. Shard i of a split holds views i * shard_size ... (i + 1) * shard_size - 1,
+`training.earth_views.augment`. Shard i of a split holds views i * shard_size ... (i + 1) * shard_size - 1,
 drawn from a generator seeded by (split seed, i): shards are independent, so the run is resumable
 (finished shards are skipped); a shard's content is fixed by (seed, i, batch size, device). The train and held-out splits use different seeds, hence different locations.
 
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geodemo.earth_views import (Augmentation, NO_AUGMENTATION, ViewSampling, augment, land_fraction,
-                                 random_view_params, render_example, render_views)
-from geodemo.embedded import EXAMPLES_FILE
+from geodemo.examples import EXAMPLES_FILE
 from geodemo.encoders import get_encoder
+from training.earth_views import (Augmentation, NO_AUGMENTATION, ViewSampling, augment, land_fraction,
+                                  random_view_params, render_example, render_views)
 from training.loader import seeded_generator
 from training.shards import SAMPLES_PER_SHARD, shard_name, update_sizes, write_shard
 

@@ -1,0 +1,261 @@
+"""One request, as the app and the CLI both serve it: the models on offer, the checks on a request, and
+`locate(...)`, which yields the stages of one answer.
+
+A request flows image -> embedding -> samples with trajectories -> (progressively) log-densities of the
+samples and of an adaptive grid -> summary. Nothing here keeps per-request state between calls; the only
+shared state is the cache of loaded models, filled under a lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+
+from geodemo.adaptive_density import DensityCells, progressive_density
+from geodemo.checkpoint import CheckpointError
+from geodemo.examples import known_location
+from geodemo.hub import official_model, official_models
+from geodemo.images import LoadedImage, load_image
+from geodemo.pipeline import GeoPipeline, Prediction, load
+from geodemo.registry import ModelEntry, lookup, shipped_folder, shipped_models
+from geodemo.summary import Summary, summarize
+
+HUB_MODELS = tuple(m.hub_id for m in official_models())
+PROCESS_LABELS = {
+    "rfm_s2": "Riemannian flow matching on the sphere: points start uniform on the globe and slide along its surface",
+    "flow_r3": "Flow matching in R³: points start as Gaussian noise in space and fly onto the globe",
+    "diffusion_r3": "Diffusion in R³ (DDIM sampler): points start as Gaussian noise in space and fly onto the globe",
+}
+LIMITS = {"num_samples": (1, 4096), "steps": (1, 250), "guidance": (0.0, 10.0), "seed": (0, 2**31 - 1)}
+DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
+"""ODE options for interactive maps: fixed-step RK4 (the tolerance-controlled dopri5 solve is for evaluation)."""
+DENSITY_GUIDANCE = 0.0
+"""The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
+sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
+MAP_OPTIONS = {"coarse_deg": 20.0, "levels": 5, "max_cells_per_level": 24}
+"""The adaptive log-density map of a request: coarse grid spacing (degrees), refinement levels, cells per level."""
+SCORED_SAMPLES = 64
+"""How many samples get an exact log-density (for the best guess and the localizability)."""
+Likelihood = Literal["map", "samples", "none"]
+"""What a request computes beyond the samples: the progressive map (with the samples' log-densities), the
+log-densities of the scored samples only, or nothing."""
+
+
+class ModelUnavailable(ValueError):
+    """A model name that cannot be loaded here; the message is one sentence for the user."""
+
+
+@dataclass
+class Catalogue:
+    """The models on offer: shipped ones and the operator's folders first, then the official hub ids.
+
+    Only these names are served: a request naming anything else (another path on the server's disk included)
+    gets one sentence that says nothing about the file system.
+    """
+
+    local: dict[str, Path]
+    hub: tuple[str, ...] = HUB_MODELS
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.local) + [h for h in self.hub if h not in self.local]
+
+    def default(self) -> str | None:
+        if "default" in self.local:
+            return "default"
+        return next(iter(self.local), None) or (self.hub[0] if self.hub else None)
+
+    def entry(self, name: str) -> ModelEntry:
+        """The registry entry of an offered name; ModelUnavailable for any other string."""
+        if name in self.local:
+            return ModelEntry(name, "shipped" if shipped_folder(name) else "folder", folder=self.local[name])
+        if name in self.hub:
+            return lookup(name)
+        raise ModelUnavailable(f"Unknown model {str(name)[:80]!r}: choose one of {', '.join(self.names)}.")
+
+    def describe(self, name: str) -> str:
+        """One line for people: where the model comes from and how its process moves the points."""
+        try:
+            entry = self.entry(name)
+            process, info = entry.process(), entry.info()
+        except ValueError as err:
+            return f"{name}: {err}"
+        if entry.kind == "hub":
+            official = official_model(name)
+            where = "official PLONK model from the Hugging Face hub" + (
+                f" (trained on {official.dataset}, {official.encoder} image encoder)" if official else "")
+        else:
+            where = "shipped with geodemo (offline)" if entry.kind == "shipped" else f"local folder {entry.folder}"
+        description = info.metadata.get("description") if info else None
+        return (f"**{name}**: {where}{f' — {description}' if description else ''}. "
+                f"Process: {PROCESS_LABELS.get(process, process)}.")
+
+
+def make_catalogue(extra: str | None = None) -> Catalogue:
+    """The shipped models plus the operator's choice `extra`: a model folder (offered under its own name) or a
+    shipped name or hub id. An `extra` that is none of these is a ModelUnavailable error, not a silent default."""
+    local = shipped_models()
+    if extra is None or extra in local or extra in HUB_MODELS:
+        return Catalogue(local=local)
+    try:
+        entry = lookup(extra)
+    except CheckpointError as err:
+        raise ModelUnavailable(str(err)) from None
+    if entry.kind == "folder":
+        return Catalogue(local={catalogue_name(extra): entry.folder, **local})
+    return Catalogue(local=local, hub=(*HUB_MODELS, extra) if entry.kind == "hub" else HUB_MODELS)
+
+
+def catalogue_name(model: str) -> str:
+    """The name under which the catalogue offers what the operator passed: a folder by its own name."""
+    return Path(model).name if Path(model).is_dir() else model
+
+
+class ModelCache:
+    """Loaded pipelines by name; each is loaded once (under a lock) and only read afterwards."""
+
+    def __init__(self, catalogue: Catalogue, device: str | torch.device | None = None):
+        self.catalogue = catalogue
+        self.device = device
+        self._models: dict[str, GeoPipeline] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> GeoPipeline:
+        entry = self.catalogue.entry(name)
+        with self._lock:
+            if name not in self._models:
+                try:
+                    self._models[name] = load(entry.folder or entry.name, device=self.device)
+                except (OSError, ValueError, KeyError, RuntimeError, ImportError) as err:
+                    raise ModelUnavailable(_unavailable_sentence(name, err)) from None
+            return self._models[name]
+
+
+def _unavailable_sentence(name: str, err: Exception) -> str:
+    """geodemo.load's own sentence (for hub ids it says how to get the model offline), naming the model."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if name in text else f"Model {name} could not be loaded: {text}"
+
+
+@dataclass(frozen=True)
+class Request:
+    num_samples: int
+    steps: int
+    guidance: float
+    seed: int
+
+
+def check_request(num_samples, steps, guidance, seed) -> Request:
+    """Validate values arriving from sliders, the API or the command line; ValueError names the allowed range."""
+    values = {}
+    for key, raw in (("num_samples", num_samples), ("steps", steps), ("guidance", guidance), ("seed", seed)):
+        lo, hi = LIMITS[key]
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key.replace('_', ' ')} must be a number between {lo} and {hi}, got {raw!r}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ValueError(f"{key.replace('_', ' ')} must be between {lo} and {hi}, got {raw!r}")
+        if key != "guidance" and value != int(value):
+            raise ValueError(f"{key.replace('_', ' ')} must be a whole number, got {raw!r}")
+        values[key] = value if key == "guidance" else int(value)
+    return Request(**values)
+
+
+def image_truth(loaded: LoadedImage) -> tuple[tuple[float, float] | None, str]:
+    """The true location of an image and where it comes from: EXIF GPS first, else the centre of a shipped
+    example view recognised by its file's bytes; (None, "") when unknown."""
+    if loaded.gps is not None:
+        return loaded.gps, "EXIF GPS"
+    centre = known_location(loaded.path) if loaded.path is not None else None
+    return (centre, "centre of this example view") if centre is not None else (None, "")
+
+
+def density_options(pipe: GeoPipeline) -> dict:
+    """The map's ODE options for this model (the radial quadrature only for the R^3 processes)."""
+    options = dict(DENSITY_ODE)
+    if pipe.process.on_sphere:
+        options.pop("radial_nodes")
+    return options
+
+
+def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
+                       guidance: float = DENSITY_GUIDANCE, limit: int | None = SCORED_SAMPLES) -> torch.Tensor:
+    """(K,) log p(sample | image), nats per steradian, of the first K = min(N, limit) of (N, 2) samples."""
+    scored = samples[:limit] if limit else samples
+    return pipe.log_density(scored, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
+
+
+def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
+                   guidance: float = DENSITY_GUIDANCE, scored: int | None = SCORED_SAMPLES,
+                   **map_options) -> Iterator[tuple[DensityCells, torch.Tensor]]:
+    """The progressive log-density map of one image: coarse grid, then refinements where the mass is.
+
+    Yields (cells, log p of the first `scored` samples). The samples ride along in the coarse grid's ODE solve:
+    on a CPU one solve costs about the same for a hundred points or a few hundred.
+    map_options: coarse_deg, levels, max_cells_per_level (defaults: MAP_OPTIONS)."""
+    options = density_options(pipe)
+    extra = samples[:scored] if scored else samples
+    scored_logp: list[torch.Tensor] = []
+
+    def evaluate(latlon: torch.Tensor) -> torch.Tensor:
+        if scored_logp:
+            return pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **options)[0]
+        both = pipe.log_density(torch.cat((latlon, extra.to(latlon.dtype))), embeddings=embedding, guidance=guidance,
+                                **options)[0]
+        scored_logp.append(both[len(latlon):])
+        return both[:len(latlon)]
+
+    for cells in progressive_density(evaluate, samples=samples, **{**MAP_OPTIONS, **map_options}):
+        yield cells, scored_logp[0]
+
+
+@dataclass
+class Stage:
+    """One stage of a request's answer. The first stage carries the samples (N, 2) degrees with their
+    trajectories; later ones add log-densities (`cells`: the map after refinement `level` of `levels`).
+    `summary` is the whole answer so far: best guess, modes, countries, truth and error."""
+
+    samples: torch.Tensor
+    summary: Summary
+    prediction: Prediction | None = None
+    sample_log_density: torch.Tensor | None = None
+    cells: DensityCells | None = None
+    level: int = -1
+    levels: int = 0
+    final: bool = False
+
+
+def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request, likelihood: Likelihood = "map",
+           scored: int = SCORED_SAMPLES, map_options: dict | None = None) -> Iterator[Stage]:
+    """Geolocate one image: yields the samples first, then (likelihood="map") the log-density map level by
+    level, or (likelihood="samples") the scored samples' log-densities. The last stage has final=True.
+
+    Raises geodemo.images.ImageError for a file that is not a usable image, ValueError for bad values."""
+    loaded = image if isinstance(image, LoadedImage) else load_image(image)
+    truth, truth_source = image_truth(loaded)
+    embedding = pipe.embed(loaded.image)
+    prediction = pipe.predict(embeddings=embedding, num_samples=request.num_samples, steps=request.steps,
+                              guidance=request.guidance, seed=request.seed, trajectories=True)
+    samples = prediction.latlon[0].double()
+    summary = summarize(samples, truth=truth, truth_source=truth_source)
+    yield Stage(samples, summary, prediction=prediction, final=likelihood == "none" or (likelihood == "samples" and scored <= 0))
+    if likelihood == "samples" and scored > 0:
+        logp = sample_log_density(pipe, embedding, samples, limit=scored)
+        yield Stage(samples, summarize(samples, logp, truth=truth, truth_source=truth_source),
+                    sample_log_density=logp, final=True)
+    elif likelihood == "map":
+        options = {**MAP_OPTIONS, **(map_options or {})}
+        stage = None
+        for level, (cells, logp) in enumerate(density_stages(pipe, embedding, samples, scored=scored, **options)):
+            stage = Stage(samples, summarize(samples, logp, cells, truth=truth, truth_source=truth_source),
+                          sample_log_density=logp, cells=cells, level=level, levels=options["levels"],
+                          final=level >= options["levels"])
+            yield stage
+        if not stage.final:  # the refinement stopped early: the last map is the answer
+            yield replace(stage, final=True)
