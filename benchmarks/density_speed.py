@@ -10,9 +10,9 @@ and the grid time is extrapolated per point (x number of batches). Ours also get
 per point per function evaluation with the whole grid in one batch (a few fixed RK4 steps), times the
 dopri5 evaluations measured on the batch: the estimate for solving the grid in one go.
 Accuracy: max / mean |delta log p| in nats on `--reference-points` of the batch against a float64 solve by our
-implementation (dopri5, atol = rtol = `--reference-tol`), per mode: "ambient" (the authors' quantity: raw field,
+implementation (dopri5, atol = rtol = `--reference-tol`), per geometry: "ambient" (the authors' quantity: raw field,
 R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised).
-Variants MODE:METHOD:TOL|STEPS[:bf16x3][:compile]: bf16x3 runs the blocks' matmuls as three bfloat16 products,
+Variants GEOMETRY:METHOD:TOL|STEPS[:bf16x3][:compile]: bf16x3 runs the blocks' matmuls as three bfloat16 products,
 compile hands the network pass to torch.compile (compiled and warmed up on each shape before timing).
 `--full VARIANT ...` solves the whole grid in one solve and times it (measured, not extrapolated).
 """
@@ -49,22 +49,22 @@ def authors_grid(resolution: float) -> np.ndarray:
 
 
 def parse_variant(variant: str) -> tuple[str, str, dict]:
-    """MODE:METHOD:TOL|STEPS[:bf16x3][:compile] -> (mode, method, log_density keyword arguments)."""
-    mode, method, value, *flags = variant.split(":")
+    """GEOMETRY:METHOD:TOL|STEPS[:bf16x3][:compile] -> (geometry, method, log_density keyword arguments)."""
+    geometry, method, value, *flags = variant.split(":")
     unknown = set(flags) - {"bf16x3", "compile"}
     if unknown:
         raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
     options = {"atol": float(value), "rtol": float(value)} if method.startswith("dopri") else {"steps": int(value)}
-    return mode, method, {**options, "precision": "bf16x3" if "bf16x3" in flags else "native",
+    return geometry, method, {**options, "precision": "bf16x3" if "bf16x3" in flags else "native",
                           "compile": "compile" in flags}
 
 
 def ours(network, emb, xyz, variant: str, chunk: int, device: str) -> tuple[torch.Tensor, float, int]:
     """(log p (M,), seconds, function evaluations of the ODE solver per chunk) for a variant (parse_variant).
     A compiled variant is first run for one RK4 step on the same shape, so compilation stays out of the time."""
-    mode, method, options = parse_variant(variant)
+    geometry, method, options = parse_variant(variant)
     solve = lambda meth, opts: log_density(network, RiemannianFlowS2(), SigmoidSchedule(), emb, xyz,  # noqa: E731
-                                           guidance=0.0, mode=mode, method=meth, chunk_size=chunk, **opts)[0]
+                                           guidance=0.0, geometry=geometry, method=meth, chunk_size=chunk, **opts)[0]
     if options["compile"]:
         solve("rk4", {"steps": 1, "precision": options["precision"], "compile": True})
     calls = [0]
@@ -128,13 +128,14 @@ def main() -> None:
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
 
     reference = torch.load(args.reference_file) if args.reference_file and args.reference_file.exists() else {}
-    modes = {v.split(":")[0] for v in args.variants + args.tf32_variants + args.full} | ({"ambient"} if not args.no_authors else set())
+    geometries = ({v.split(":")[0] for v in args.variants + args.tf32_variants + args.full}
+                  | ({"ambient"} if not args.no_authors else set()))
     net64 = our_network(folder, device).double()
-    for mode in sorted(modes - set(reference)):
+    for geometry in sorted(geometries - set(reference)):
         logp, seconds, nfe = ours(net64, emb.double(), xyz[:, batch][:, ref_index].double(),
-                                  f"{mode}:dopri5:{args.reference_tol}", args.chunk, device)
-        reference[mode] = logp
-        print(f"float64 reference, {mode}, {len(ref_index)} points: {seconds:.1f} s, {nfe} evaluations", flush=True)
+                                  f"{geometry}:dopri5:{args.reference_tol}", args.chunk, device)
+        reference[geometry] = logp
+        print(f"float64 reference, {geometry}, {len(ref_index)} points: {seconds:.1f} s, {nfe} evaluations", flush=True)
     del net64
     if args.reference_file:
         torch.save(reference, args.reference_file)
@@ -164,9 +165,9 @@ def main() -> None:
     runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
 
     def precision_and_floor(variant: str, tf32: bool, nfe: int) -> tuple[str, float]:
-        mode, _, options = parse_variant(variant)
+        geometry, _, options = parse_variant(variant)
         precision = "tf32" if tf32 else "bf16x3" if options["precision"] == "bf16x3" else "fp32"
-        return precision, point_flops(config) * (1 + TANGENTS[mode]) * nfe * len(grid) / rates[precision]
+        return precision, point_flops(config) * (1 + TANGENTS[geometry]) * nfe * len(grid) / rates[precision]
 
     for variant, tf32 in runs:
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -175,15 +176,15 @@ def main() -> None:
         except Exception as error:  # a variant this machine cannot run (e.g. no compiler) is reported, not fatal
             print(f"ours {variant}: failed: {type(error).__name__}: {error}", flush=True)
             continue
-        mode = variant.split(":")[0]
-        err = (logp[ref_index] - reference[mode]).abs()
+        geometry = variant.split(":")[0]
+        err = (logp[ref_index] - reference[geometry]).abs()
         precision, floor = precision_and_floor(variant, tf32, nfe)
         row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
                "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
                "nfe": nfe, "floor_s": floor}
         if args.throughput_steps:
             flags = "".join(f":{f}" for f in variant.split(":")[3:])
-            _, whole, whole_nfe = ours(network, emb, xyz, f"{mode}:rk4:{args.throughput_steps}{flags}", args.chunk,
+            _, whole, whole_nfe = ours(network, emb, xyz, f"{geometry}:rk4:{args.throughput_steps}{flags}", args.chunk,
                                        device)
             row["one_solve_seconds"] = whole / whole_nfe * nfe
         print(f"ours {variant} {precision}: {seconds:.2f} s on {args.batch} points, {nfe} evaluations", flush=True)
@@ -191,9 +192,9 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
     for variant in args.full:
-        mode = variant.split(":")[0]
+        geometry = variant.split(":")[0]
         logp_full, full_s, full_nfe = ours(network, emb, xyz, variant, args.chunk, device)
-        full_err = (logp_full[batch][ref_index] - reference[mode]).abs()
+        full_err = (logp_full[batch][ref_index] - reference[geometry]).abs()
         precision, floor = precision_and_floor(variant, False, full_nfe)
         record({"impl": "geodemo", "variant": variant, "precision": precision, "full_seconds": full_s,
                 "full_nfe": full_nfe, "full_max_err": float(full_err.max()), "full_mean_err": float(full_err.mean()),

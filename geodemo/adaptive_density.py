@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from geodemo.grids import cell_centres, cell_solid_angle
 from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz
 
 LogDensityFn = Callable[[torch.Tensor], torch.Tensor]
@@ -33,14 +34,12 @@ class DensityCells:
     @property
     def centres(self) -> torch.Tensor:
         """(K, 2) degrees."""
-        lat0, lat1, lon0, lon1 = self.bounds.unbind(-1)
-        return torch.stack(((lat0 + lat1) / 2, (lon0 + lon1) / 2), dim=-1)
+        return cell_centres(self.bounds)
 
     @property
     def solid_angle(self) -> torch.Tensor:
         """(K,) steradians: (lon1 - lon0) (sin lat1 - sin lat0)."""
-        lat0, lat1, lon0, lon1 = torch.deg2rad(self.bounds).unbind(-1)
-        return (lon1 - lon0) * (lat1.sin() - lat0.sin())
+        return cell_solid_angle(self.bounds)
 
     @property
     def log_mass(self) -> torch.Tensor:
@@ -54,6 +53,14 @@ class DensityCells:
     def probabilities(self) -> torch.Tensor:
         """(K,) share of the total mass held by each cell."""
         return torch.softmax(self.log_mass, dim=0)
+
+    def holding(self, fraction: float) -> torch.Tensor:
+        """Indices of the fewest cells that hold `fraction` of the mass, heaviest first: the n heaviest, n the
+        smallest count whose shares add up to at least fraction."""
+        order = torch.argsort(self.log_mass, descending=True)
+        cumulative = torch.cumsum(self.probabilities()[order], dim=0)
+        n = int(torch.searchsorted(cumulative, torch.tensor([fraction], dtype=cumulative.dtype))) + 1
+        return order[:n]
 
     def rasterize(self, resolution_deg: float, window: tuple[float, float, float, float] | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -96,7 +103,7 @@ def coarse_cells(resolution_deg: float) -> torch.Tensor:
 def split_cells(bounds: torch.Tensor) -> torch.Tensor:
     """(K, 4) cells -> (4K, 4) children: each cell halved in latitude and in longitude."""
     lat0, lat1, lon0, lon1 = bounds.unbind(-1)
-    lat_mid, lon_mid = (lat0 + lat1) / 2, (lon0 + lon1) / 2
+    lat_mid, lon_mid = cell_centres(bounds).unbind(-1)
     children = [
         torch.stack(b, dim=-1)
         for b in ((lat0, lat_mid, lon0, lon_mid), (lat0, lat_mid, lon_mid, lon1),
@@ -133,17 +140,14 @@ def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Te
     """(K,) bool: the fewest cells holding mass_fraction of the mass, plus cells containing samples, plus
     (neighbours=True) the cells touching those, since a peak narrower than a cell spills into them unseen by
     their centres; at most max_cells of them, largest mass first."""
-    log_mass = cells.log_mass
-    order = torch.argsort(log_mass, descending=True)
-    cumulative = torch.cumsum(torch.softmax(log_mass[order], dim=0), dim=0)
-    n_top = int(torch.searchsorted(cumulative, torch.tensor([mass_fraction], dtype=cumulative.dtype))) + 1
-    chosen = torch.zeros(len(log_mass), dtype=torch.bool)
-    chosen[order[:n_top]] = True
+    chosen = torch.zeros(len(cells.bounds), dtype=torch.bool)
+    chosen[cells.holding(mass_fraction)] = True
     if samples is not None and len(samples):
         chosen |= cells_containing(cells.bounds, samples)
     if neighbours:
         chosen |= touching(cells.bounds, chosen)
     if int(chosen.sum()) > max_cells:
+        order = torch.argsort(cells.log_mass, descending=True)
         ranked = order[chosen[order]]
         chosen = torch.zeros_like(chosen)
         chosen[ranked[:max_cells]] = True
@@ -176,8 +180,7 @@ def progressive_density(log_density_fn: LogDensityFn, coarse_deg: float = 10.0, 
 
 
 def _evaluate(log_density_fn: LogDensityFn, bounds: torch.Tensor) -> torch.Tensor:
-    lat0, lat1, lon0, lon1 = bounds.unbind(-1)
-    centres = torch.stack(((lat0 + lat1) / 2, (lon0 + lon1) / 2), dim=-1)
+    centres = cell_centres(bounds)
     logp = torch.as_tensor(log_density_fn(centres), dtype=torch.float64).reshape(-1)
     if logp.shape[0] != centres.shape[0]:
         raise ValueError(f"log_density_fn returned {logp.shape[0]} values for {centres.shape[0]} points")

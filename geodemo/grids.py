@@ -10,6 +10,18 @@ import torch
 from geodemo.sphere import latlon_to_xyz, xyz_to_latlon
 
 
+def cell_centres(bounds: torch.Tensor) -> torch.Tensor:
+    """(..., 2) centres in degrees of lat/lon cells bounds (..., 4) = (lat0, lat1, lon0, lon1) in degrees."""
+    lat0, lat1, lon0, lon1 = bounds.unbind(-1)
+    return torch.stack(((lat0 + lat1) / 2, (lon0 + lon1) / 2), dim=-1)
+
+
+def cell_solid_angle(bounds: torch.Tensor) -> torch.Tensor:
+    """(...,) steradians of lat/lon cells bounds (..., 4) in degrees: (lon1 - lon0) (sin lat1 - sin lat0)."""
+    lat0, lat1, lon0, lon1 = torch.deg2rad(bounds).unbind(-1)
+    return (lon1 - lon0) * (lat1.sin() - lat0.sin())
+
+
 @dataclass(frozen=True)
 class LatLonGrid:
     """Cell centres of a regular lat/lon grid and the exact solid angle of each cell.
@@ -40,11 +52,10 @@ def latlon_grid(resolution_deg: float, dtype: torch.dtype = torch.float64) -> La
     n_lon = max(1, round(360.0 / resolution_deg))
     lat_edges = torch.linspace(-90.0, 90.0, n_lat + 1, dtype=dtype)
     lon_edges = torch.linspace(-180.0, 180.0, n_lon + 1, dtype=dtype)
-    lats = (lat_edges[:-1] + lat_edges[1:]) / 2
-    lons = (lon_edges[:-1] + lon_edges[1:]) / 2
-    band = torch.sin(torch.deg2rad(lat_edges[1:])) - torch.sin(torch.deg2rad(lat_edges[:-1]))
-    width = torch.deg2rad(lon_edges[1:] - lon_edges[:-1])
-    return LatLonGrid(lats=lats, lons=lons, solid_angle=band[:, None] * width[None, :])
+    bounds = torch.stack(torch.broadcast_tensors(lat_edges[:-1, None], lat_edges[1:, None], lon_edges[None, :-1],
+                                                 lon_edges[None, 1:]), dim=-1)
+    centres = cell_centres(bounds)
+    return LatLonGrid(lats=centres[:, 0, 0], lons=centres[0, :, 1], solid_angle=cell_solid_angle(bounds))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from torchdiffeq import odeint
 
-from geodemo.guidance import combine_guidance, guided_prediction
+from geodemo.guidance import guidance_batch, guided_output, guided_prediction, repeat_for_guidance
 from geodemo.network import GeoDenoiser, Precision
-from geodemo.processes import Process
+from geodemo.processes import AmbientProcess, Process
 from geodemo.schedules import Schedule
 from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
 
-Mode = Literal["riemannian", "ambient"]
+DensityGeometry = Literal["riemannian", "ambient"]
+"""How the RFM density is taken: on S^2 (the field projected on the tangent plane) or in R^3 (the authors' way)."""
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
 MIN_RADIUS = 0.02
 """Smallest radius of the radial quadrature: a ray's quadrature never reaches the origin."""
@@ -139,23 +140,20 @@ class ODEField:
     def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, gamma: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided network output at point (B, M, 3) and its derivatives along tangents (T, B, M, 3)."""
-        batch = point.shape[0]
-        if self.guidance == 0:
-            mods = self.network.modulations(gamma.expand(batch), self.emb)
-            return self._jvp(point, tangents, mods)
-        mods = self.network.modulations(gamma.expand(2 * batch), torch.cat((self.emb, torch.zeros_like(self.emb))))
-        out, dout = self._jvp(torch.cat((point, point)), torch.cat((tangents, tangents), dim=1), mods)
-        (cond, uncond), (dcond, duncond) = out.chunk(2), dout.chunk(2, dim=1)
-        return combine_guidance(cond, uncond, self.guidance), combine_guidance(dcond, duncond, self.guidance)
+        w = self.guidance
+        conds = guidance_batch(self.emb, w)
+        mods = self.network.modulations(gamma.expand(conds.shape[0]), conds)
+        out, dout = self._jvp(repeat_for_guidance(point, w), repeat_for_guidance(tangents, w, dim=1), mods)
+        return guided_output(out, w), guided_output(dout, w, dim=1)
 
 
 @torch.no_grad()
-def r3_log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, y: torch.Tensor,
-                   t_start: float, guidance: float = 0.0, method: str = "dopri5", atol: float = 1e-5,
+def r3_log_density(network: GeoDenoiser, process: AmbientProcess, schedule: Schedule, emb: torch.Tensor,
+                   y: torch.Tensor, t_start: float, guidance: float = 0.0, method: str = "dopri5", atol: float = 1e-5,
                    rtol: float = 1e-5, steps: int | None = None, precision: Precision = "native",
                    compile: bool = False) -> torch.Tensor:
     """log p_t(y) in R^3 (B, M) of an R^3 process at t = t_start; at the noise end the base is the Gaussian
-    N(0, v I) with the marginal's variance v (Process.base_variance), N(0, I) up to O(gamma)."""
+    N(0, v I) with the marginal's variance v (AmbientProcess.base_variance), N(0, I) up to O(gamma)."""
     field = ODEField(network, process, schedule, emb.to(y.dtype), guidance, False, precision, compile)
     t_end = t_at_gamma(schedule, process.ode_end_gamma) if process.ode_end_gamma > 0 else 1.0
     var = process.base_variance(float(schedule.gamma(torch.tensor(t_end, dtype=torch.float64))))
@@ -163,7 +161,7 @@ def r3_log_density(network: GeoDenoiser, process: Process, schedule: Schedule, e
     return -0.5 * y1.pow(2).sum(-1) / var - 1.5 * math.log(2 * math.pi * var) + int_div
 
 
-def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0
+def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0
                       ) -> tuple[float, np.ndarray, np.ndarray]:
     """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k) at the noise level where the noise
     scale s equals radial_sigma (y = a x0 + s n): Gauss-Legendre in u with r = a + s sinh(u), dr = s cosh(u) du,
@@ -180,29 +178,30 @@ def radial_quadrature(process: Process, schedule: Schedule, radial_sigma: float,
 
 @torch.no_grad()
 def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, xyz: torch.Tensor,
-                guidance: float = 0.0, mode: Mode = "riemannian", method: str = "dopri5", atol: float = 1e-5,
-                rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02, radial_nodes: int = 20,
-                chunk_size: int = 8192, precision: Precision = "native", compile: bool = False) -> torch.Tensor:
+                guidance: float = 0.0, geometry: DensityGeometry = "riemannian", method: str = "dopri5",
+                atol: float = 1e-5, rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02,
+                radial_nodes: int = 20, chunk_size: int = 8192, precision: Precision = "native",
+                compile: bool = False) -> torch.Tensor:
     """log p(xyz | emb) in nats per steradian, shape (B, M). emb (B, C), xyz (B, M, 3) unit vectors.
 
-    mode="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
-    mode="ambient" (RFM, the authors' convention): raw field and R^3 divergence; not normalised on S^2.
+    geometry="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
+    geometry="ambient" (RFM, the authors' convention): raw field and R^3 divergence; not normalised on S^2.
     R^3 processes: the density of the directions y/|y| at noise level sigma = radial_sigma (y = a x0 + sigma n),
     p_S2(u) = int p_R3(r u) r^2 dr, by a sinh-mapped Gauss-Legendre rule in r around r = a (radial_quadrature).
     method: a torchdiffeq solver; "euler" / "midpoint" / "rk4" take `steps` fixed steps; adaptive ones keep every
     point's error estimate within atol + rtol |state| (per_point_error_norm).
     precision / compile: the network pass's speed options (see ODEField); "bf16x3" + compile is the fast GPU path.
     """
-    if mode not in ("riemannian", "ambient"):
-        raise ValueError(f"mode must be 'riemannian' or 'ambient', got {mode!r}")
-    if mode == "ambient" and not process.on_sphere:
-        raise ValueError("the 'ambient' mode exists only for the Riemannian flow on S^2")
+    if geometry not in ("riemannian", "ambient"):
+        raise ValueError(f"geometry must be 'riemannian' or 'ambient', got {geometry!r}")
+    if geometry == "ambient" and not process.on_sphere:
+        raise ValueError("the 'ambient' geometry exists only for the Riemannian flow on S^2")
     if not torch.isfinite(xyz).all():
         raise ValueError("coordinates contain NaN or infinite values")
     emb = emb.to(xyz.dtype)
 
     if process.on_sphere:
-        field = ODEField(network, process, schedule, emb, guidance, mode == "riemannian", precision, compile)
+        field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", precision, compile)
 
         def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
             _, int_div = _solve(field, pts, 0.0, 1.0, method, atol, rtol, steps)

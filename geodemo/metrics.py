@@ -1,4 +1,5 @@
-"""Geolocation metrics of the PLONK paper: distances, GeoScore, accuracies, NLL, PRDC."""
+"""Geolocation metrics of the PLONK paper (distances, GeoScore, accuracies, NLL, PRDC) and the samples' kernel
+density."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from geodemo.sphere import haversine_km
 
 ACCURACY_THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)
 GEOSCORE_SCALE_KM = 1492.7
+KDE_BANDWIDTH_KM = 250.0
 
 
 def geoscore(distance_km: torch.Tensor) -> torch.Tensor:
@@ -63,3 +65,9 @@ def prdc(real_latlon: torch.Tensor, fake_latlon: torch.Tensor, k: int = 3) -> di
         "density": float(inside_real.double().sum(dim=0).mean() / k),
         "coverage": float((real_fake.min(dim=1).values <= real_radius).double().mean()),
     }
+
+
+def kde_scores(samples: torch.Tensor, bandwidth_km: float = KDE_BANDWIDTH_KM) -> torch.Tensor:
+    """(N,) kernel density of each of the (N, 2) degree samples among all: sum_j exp(-d_ij^2 / (2 h^2)), d in km."""
+    d = pairwise_haversine_km(samples, samples)
+    return torch.exp(-0.5 * (d / bandwidth_km) ** 2).sum(dim=1)

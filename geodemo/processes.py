@@ -4,52 +4,42 @@ Convention: gamma = 1 is data x0 (a unit vector), gamma ~ 0 is noise. Each proce
   * `interpolate(x0, noise, gamma)` -> (y, target): the noisy point and what the network regresses,
   * `step(y, pred, gamma_now, gamma_next)`: one deterministic sampler update,
   * `velocity(y, pred, gamma)`: dy/dgamma of the probability-flow ODE given the network output.
+The R^3 processes (AmbientProcess) also give the scales (a, s) of y = a x0 + s n, which the likelihood needs.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 
 from geodemo.sphere import geodesic_velocity, project, sample_uniform
 
 
-class Process:
-    """Base class: the pieces shared by the three processes."""
+class Process(ABC):
+    """What every process defines: its noise, interpolant, sampler step, ODE field and regression loss."""
 
     name: str = ""
     on_sphere: bool = False
-    ode_end_gamma: float = 0.0
-    """Noise level where the likelihood ODE stops (0: at t = 1)."""
+    """True when the points live on S^2 (the density is taken there); False for the R^3 processes."""
 
+    @abstractmethod
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
                       device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Noise points of shape (*shape, 3): standard Gaussian in R^3."""
-        return torch.randn(*shape, 3, generator=generator, device=device, dtype=dtype)
+        """Noise points of shape (*shape, 3), the sampler's start at gamma = 0."""
 
+    @abstractmethod
     def interpolate(self, x0: torch.Tensor, noise: torch.Tensor, gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(y, target) at noise level gamma (...,) for data x0 and noise (..., 3)."""
 
+    @abstractmethod
     def step(self, y: torch.Tensor, pred: torch.Tensor, gamma_now: torch.Tensor, gamma_next: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """One deterministic sampler update from gamma_now to gamma_next given the network output pred."""
 
+    @abstractmethod
     def velocity(self, y: torch.Tensor, pred: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def signal_and_noise(self, gamma: float) -> tuple[float, float]:
-        """(a, s) with y = a x0 + s n at noise level gamma (R^3 processes only)."""
-        raise NotImplementedError
-
-    def gamma_at_noise(self, sigma: float) -> float:
-        """The gamma at which the noise scale s equals sigma (R^3 processes only)."""
-        raise NotImplementedError
-
-    def base_variance(self, gamma: float) -> float:
-        """Per-coordinate variance a^2/3 + s^2 of y = a x0 + s n for x0 uniform on S^2: the Gaussian used as
-        the base density where the likelihood ODE stops (R^3 processes only)."""
-        a, s = self.signal_and_noise(gamma)
-        return a**2 / 3 + s**2
+        """dy/dgamma of the probability-flow ODE given the network output pred; linear in (y, pred)."""
 
     @staticmethod
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,7 +47,34 @@ class Process:
         return (pred - target).pow(2).mean(-1)
 
 
-class DiffusionR3(Process):
+class AmbientProcess(Process):
+    """A process in R^3 with y = a(gamma) x0 + s(gamma) n, n ~ N(0, I): Gaussian noise, and the marginal's scales
+    that the likelihood's radial integral and base density need."""
+
+    ode_end_gamma: float = 0.0
+    """Noise level where the likelihood ODE stops (0: at t = 1)."""
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
+                      device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard Gaussian points of R^3, shape (*shape, 3)."""
+        return torch.randn(*shape, 3, generator=generator, device=device, dtype=dtype)
+
+    @abstractmethod
+    def signal_and_noise(self, gamma: float) -> tuple[float, float]:
+        """(a, s) with y = a x0 + s n at noise level gamma."""
+
+    @abstractmethod
+    def gamma_at_noise(self, sigma: float) -> float:
+        """The gamma at which the noise scale s equals sigma."""
+
+    def base_variance(self, gamma: float) -> float:
+        """Per-coordinate variance a^2/3 + s^2 of y = a x0 + s n for x0 uniform on S^2: the Gaussian used as
+        the base density where the likelihood ODE stops."""
+        a, s = self.signal_and_noise(gamma)
+        return a**2 / 3 + s**2
+
+
+class DiffusionR3(AmbientProcess):
     """Variance-preserving diffusion in R^3: y = sqrt(g) x0 + sqrt(1 - g) n; the network predicts n."""
 
     name = "diffusion_r3"
@@ -87,7 +104,7 @@ class DiffusionR3(Process):
         return 1 - sigma**2
 
 
-class FlowR3(Process):
+class FlowR3(AmbientProcess):
     """Flow matching in R^3: y = g x0 + (1 - g) n; the network predicts the velocity x0 - n."""
 
     name = "flow_r3"

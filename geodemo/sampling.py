@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from geodemo.guidance import combine_guidance
+from geodemo.guidance import guidance_batch, guided_output, repeat_for_guidance
 from geodemo.network import GeoDenoiser, Modulations
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
@@ -19,7 +19,7 @@ class SampleOutput:
     """End points on S^2 (B, N, 3) and, when recorded, every state (B, steps + 1, N, 3) in R^3."""
 
     xyz: torch.Tensor
-    trajectory: torch.Tensor | None = None
+    trajectories: torch.Tensor | None = None
 
 
 def gamma_grid(schedule: Schedule, steps: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -46,19 +46,19 @@ MODULATION_BYTES = 64 * 2**20
 
 def step_modulations(network: GeoDenoiser, gammas: torch.Tensor, emb: torch.Tensor, guidance: float,
                      dtype: torch.dtype) -> Iterator[Modulations]:
-    """The modulations of every step k (gamma_k, emb), batched over steps: (B, 1, dim) tensors, or
-    (2, B, 1, dim) with guidance (conditional, then the zero embedding), in dtype.
+    """The modulations of every step k (gamma_k, guidance_batch(emb)), batched over steps: (B, 1, dim) tensors,
+    (2B, 1, dim) with guidance, in dtype.
 
     They do not depend on the points, so they are computed in a few large matmuls before the points move
     (chunks of steps bounded by MODULATION_BYTES), in the network's own dtype, and cast to dtype afterwards.
     """
-    conds = emb if guidance == 0 else torch.cat((emb, torch.zeros_like(emb)))
-    lead = (conds.shape[0],) if guidance == 0 else (2, emb.shape[0])
-    per_step = conds.shape[0] * network.config.dim * (3 * network.config.depth + 2) * 4
+    conds = guidance_batch(emb, guidance)
+    rows = conds.shape[0]
+    per_step = rows * network.config.dim * (3 * network.config.depth + 2) * 4
     chunk = max(1, MODULATION_BYTES // per_step)
     for part in gammas.split(chunk):
-        flat = network.modulations(part.to(conds.dtype).repeat_interleave(conds.shape[0]), conds.repeat(len(part), 1))
-        stacked = flat.map(lambda m: m.to(dtype).reshape(len(part), *lead, *m.shape[1:]))
+        flat = network.modulations(part.to(conds.dtype).repeat_interleave(rows), conds.repeat(len(part), 1))
+        stacked = flat.map(lambda m: m.to(dtype).reshape(len(part), rows, *m.shape[1:]))
         for k in range(len(part)):
             yield stacked.map(lambda m: m[k])
 
@@ -71,20 +71,17 @@ def guided_step_predictions(network: GeoDenoiser, gammas: torch.Tensor, emb: tor
     dtype = compute_dtype or network.initial_mapper.weight.dtype
     weights = network.point_weights(dtype)
     for mods in step_modulations(network, gammas, emb.to(network.initial_mapper.weight.dtype), guidance, dtype):
-        if guidance == 0:
-            yield lambda y, mods=mods: network.forward_modulated(y, mods, weights)
-        else:
-            def guided(y: torch.Tensor, mods: Modulations = mods) -> torch.Tensor:
-                cond, uncond = network.forward_modulated(y, mods, weights)
-                return combine_guidance(cond, uncond, guidance)
+        def predict(y: torch.Tensor, mods: Modulations = mods) -> torch.Tensor:
+            out = network.forward_modulated(repeat_for_guidance(y, guidance), mods, weights)
+            return guided_output(out, guidance)
 
-            yield guided
+        yield predict
 
 
 @torch.no_grad()
 def sample(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, num_samples: int,
            steps: int = 32, guidance: float = 0.0, seed: int | torch.Generator | None = None,
-           initial_noise: torch.Tensor | None = None, trajectory: bool = False,
+           initial_noise: torch.Tensor | None = None, trajectories: bool = False,
            compute_dtype: torch.dtype | None = None) -> SampleOutput:
     """Draw num_samples points per embedding. emb (B, C); initial_noise, if given, (B, N, 3).
 
@@ -100,11 +97,10 @@ def sample(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torc
         initial_noise = process.initial_noise((batch, num_samples), generator=make_generator(seed))
     y = initial_noise.to(device=device, dtype=dtype)
     gammas = gamma_grid(schedule, steps, device=device)
-    states = [y] if trajectory else None
+    states = [y] if trajectories else None
     predictions = guided_step_predictions(network, gammas[:-1], emb, guidance, compute_dtype)
     for k, predict in enumerate(predictions):
         y = process.step(y, predict(y), gammas[k], gammas[k + 1])
         if states is not None:
             states.append(y)
-    traj = torch.stack(states, dim=1) if states is not None else None
-    return SampleOutput(xyz=project(y), trajectory=traj)
+    return SampleOutput(xyz=project(y), trajectories=torch.stack(states, dim=1) if states is not None else None)

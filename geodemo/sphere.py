@@ -109,3 +109,24 @@ def sample_uniform(shape: tuple[int, ...], generator: torch.Generator | None = N
 
 
 LOG_SPHERE_AREA = math.log(4 * math.pi)
+
+
+def vmf_log_density(x: torch.Tensor, mu: torch.Tensor, kappa: float | torch.Tensor) -> torch.Tensor:
+    """log of the von Mises-Fisher density on S^2 in nats per steradian, x (..., 3) and mu (..., 3) broadcast:
+    log(kappa / (4 pi sinh kappa)) + kappa mu.x = log(kappa / (2 pi (1 - e^{-2 kappa}))) + kappa (mu.x - 1)."""
+    kappa = torch.as_tensor(kappa, dtype=x.dtype, device=x.device)
+    log_c = kappa.log() - math.log(2 * math.pi) - torch.log(-torch.expm1(-2 * kappa))
+    return log_c + kappa * ((x * mu).sum(-1) - 1)
+
+
+def sample_vmf(mu: torch.Tensor, kappa: float, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n exact draws from vMF(mu, kappa) around each unit vector of mu (..., 3): (n, ..., 3) in mu's dtype.
+
+    1 - cos(angle) = -log(u + (1 - u) e^{-2 kappa}) / kappa for u ~ U(0, 1) (the inverse of the angle's CDF),
+    written with logaddexp so it stays finite for any kappa; the direction around mu is uniform.
+    """
+    u = torch.rand(n, *mu.shape[:-1], generator=generator, dtype=mu.dtype, device=mu.device)
+    one_minus_cos = (-torch.logaddexp(u.log(), torch.log1p(-u) - 2 * kappa) / kappa).clamp(0, 2).unsqueeze(-1)
+    noise = torch.randn(n, *mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    direction = project(project_tangent(mu, noise))
+    return (1 - one_minus_cos) * mu + (one_minus_cos * (2 - one_minus_cos)).sqrt() * direction

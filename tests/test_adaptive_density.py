@@ -5,30 +5,33 @@ import math
 
 import torch
 
-from geodemo.adaptive_density import cells_containing, coarse_cells, progressive_density, split_cells
-from geodemo.sphere import angle_between, latlon_to_xyz
+from geodemo.adaptive_density import DensityCells, cells_containing, coarse_cells, progressive_density, split_cells
+from geodemo.grids import cell_solid_angle
+from geodemo.sphere import angle_between, latlon_to_xyz, vmf_log_density
 
 PEAK = (45.76, 4.83)
 
 
 def von_mises_fisher(kappa: float):
-    """log p(x) = kappa mu.x + log(kappa / (4 pi sinh kappa)), a normalised density on S^2 (nats/sr)."""
+    """latlon (M, 2) -> log vMF(PEAK, kappa) in nats per steradian."""
     mu = latlon_to_xyz(torch.tensor(PEAK, dtype=torch.float64))
-
-    def log_density(latlon):
-        x = latlon_to_xyz(latlon.double())
-        return kappa * (x @ mu) + math.log(kappa / (2 * math.pi * (1 - math.exp(-2 * kappa)))) - kappa
-
-    return log_density
+    return lambda latlon: vmf_log_density(latlon_to_xyz(latlon.double()), mu, kappa)
 
 
 def test_coarse_cells_tile_the_sphere():
     bounds = coarse_cells(15.0)
-    lat0, lat1, lon0, lon1 = torch.deg2rad(bounds).unbind(-1)
-    assert torch.isclose(((lon1 - lon0) * (lat1.sin() - lat0.sin())).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
-    children = split_cells(bounds)
-    lat0, lat1, lon0, lon1 = torch.deg2rad(children).unbind(-1)
-    assert torch.isclose(((lon1 - lon0) * (lat1.sin() - lat0.sin())).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
+    assert torch.isclose(cell_solid_angle(bounds).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
+    assert torch.isclose(cell_solid_angle(split_cells(bounds)).sum(), torch.tensor(4 * math.pi, dtype=torch.float64))
+
+
+def test_the_cells_holding_a_fraction_are_the_fewest_heaviest():
+    shares = torch.tensor([0.05, 0.3, 0.15, 0.5], dtype=torch.float64)
+    bounds = torch.tensor([[0.0, 10.0, 10.0 * k, 10.0 * (k + 1)] for k in range(4)], dtype=torch.float64)
+    cells = DensityCells(bounds, (shares / cell_solid_angle(bounds)).log(), torch.zeros(4, dtype=torch.long))
+    assert cells.holding(0.4).tolist() == [3]
+    assert cells.holding(0.79).tolist() == [3, 1]
+    assert cells.holding(0.81).tolist() == [3, 1, 2]
+    assert cells.holding(0.999).tolist() == [3, 1, 2, 0]
 
 
 def test_mass_is_one_and_refinement_stays_near_the_peak():

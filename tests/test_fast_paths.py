@@ -93,9 +93,9 @@ def test_fast_log_density_matches_the_generic_path_float64():
         def forward(self, y, gamma, e):
             return net(y, gamma, e)
 
-    for mode in ("riemannian", "ambient"):
-        fast = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, mode=mode, method="rk4", steps=8)
-        slow = log_density(Wrapped(), RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, mode=mode, method="rk4",
+    for geometry in ("riemannian", "ambient"):
+        fast = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, geometry=geometry, method="rk4", steps=8)
+        slow = log_density(Wrapped(), RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, geometry=geometry, method="rk4",
                            steps=8)
         assert torch.allclose(fast, slow, rtol=1e-10, atol=1e-10)
 
@@ -120,8 +120,8 @@ def test_bf16x3_product_is_float32_accurate():
 def test_bf16x3_log_density_agrees_with_float32():
     net = random_network(dim=32, depth=2, cond_dim=8, seed=3)
     emb, xyz = torch.randn(1, 8), project(torch.randn(1, 24, 3))
-    for mode in ("riemannian", "ambient"):
-        kwargs = dict(mode=mode, atol=1e-7, rtol=1e-7)
+    for geometry in ("riemannian", "ambient"):
+        kwargs = dict(geometry=geometry, atol=1e-7, rtol=1e-7)
         native = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, **kwargs)
         split = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, precision="bf16x3", **kwargs)
         assert (split - native).abs().max() < 3e-4  # measured 4-6e-5 nats
@@ -131,7 +131,7 @@ def test_bf16x3_log_density_agrees_with_float32():
 def test_compiled_network_pass_gives_the_same_log_density():
     net = random_network(dim=32, depth=2, cond_dim=8, seed=4)
     emb, xyz = torch.randn(1, 8), project(torch.randn(1, 16, 3))
-    kwargs = dict(mode="ambient", atol=1e-7, rtol=1e-7, precision="bf16x3")
+    kwargs = dict(geometry="ambient", atol=1e-7, rtol=1e-7, precision="bf16x3")
     eager = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, **kwargs)
     compiled = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, compile=True, **kwargs)
     assert (compiled - eager).abs().max() < 3e-4  # fused float32 arithmetic differs in rounding only

@@ -3,14 +3,8 @@ import math
 import pytest
 import torch
 
-from geodemo.grids import fibonacci_grid, integrate, latlon_grid
-from geodemo.sphere import latlon_to_xyz
-
-
-def vmf_log_density(xyz: torch.Tensor, mu: torch.Tensor, kappa: float) -> torch.Tensor:
-    """log of kappa / (4 pi sinh kappa) exp(kappa mu.x), written stably."""
-    log_c = math.log(kappa) - math.log(2 * math.pi) - kappa - math.log1p(-math.exp(-2 * kappa))
-    return log_c + kappa * (xyz * mu).sum(-1)
+from geodemo.grids import cell_centres, cell_solid_angle, fibonacci_grid, integrate, latlon_grid
+from geodemo.sphere import latlon_to_xyz, vmf_log_density
 
 
 @pytest.mark.parametrize("res", [1.0, 2.5, 7.0, 45.0])
@@ -19,6 +13,16 @@ def test_latlon_cells_tile_the_sphere(res):
     assert grid.solid_angle.sum().item() == pytest.approx(4 * math.pi, rel=1e-12)
     assert grid.latlon.shape == (grid.shape[0] * grid.shape[1], 2)
     assert (grid.solid_angle > 0).all()
+
+
+def test_cell_solid_angle_of_caps_bands_and_small_cells():
+    """A cap above latitude phi covers 2 pi (1 - sin phi) sr; a small cell about cos(lat) dlat dlon."""
+    caps = torch.tensor([[30.0, 90.0, -180.0, 180.0], [-90.0, 90.0, -180.0, 180.0]], dtype=torch.float64)
+    assert torch.allclose(cell_solid_angle(caps), torch.tensor([math.pi, 4 * math.pi], dtype=torch.float64))
+    small = torch.tensor([60.0, 60.01, 10.0, 10.02], dtype=torch.float64)
+    expected = math.cos(math.radians(60.005)) * math.radians(0.01) * math.radians(0.02)
+    assert cell_solid_angle(small).item() == pytest.approx(expected, rel=1e-8)
+    assert torch.allclose(cell_centres(small), torch.tensor([60.005, 10.01], dtype=torch.float64), rtol=1e-14)
 
 
 def test_bad_resolution_is_refused():

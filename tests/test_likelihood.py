@@ -86,7 +86,7 @@ def test_riemannian_density_of_a_random_network_integrates_to_one():
     assert integrate(logp.double().view(grid.shape), grid.solid_angle).item() == pytest.approx(1.0, abs=0.02)
     adaptive = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, atol=1e-6, rtol=1e-6)
     assert torch.allclose(adaptive, logp[:, ::50], atol=1e-2)  # RK4 with 32 steps vs dopri5
-    ambient = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, mode="ambient")
+    ambient = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, geometry="ambient")
     assert not torch.allclose(ambient, adaptive, atol=1e-2)
 
 
@@ -109,7 +109,7 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="NaN"):
         log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz)
     with pytest.raises(ValueError, match="ambient"):
-        log_density(net, FlowR3(), SCHEDULE, torch.randn(1, 8), project(torch.randn(1, 2, 3)), mode="ambient")
+        log_density(net, FlowR3(), SCHEDULE, torch.randn(1, 8), project(torch.randn(1, 2, 3)), geometry="ambient")
 
 
 @pytest.mark.parametrize("process", [FlowR3(), DiffusionR3()], ids=lambda p: p.name)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from geodemo.metrics import accuracy_within, distance_metrics, geoscore, negative_log_likelihood, prdc
+from geodemo.metrics import accuracy_within, distance_metrics, geoscore, kde_scores, negative_log_likelihood, prdc
 from geodemo.sphere import haversine_km
 
 
@@ -56,3 +56,10 @@ def test_distance_metrics_and_nll():
     assert m["mean_km"] == pytest.approx(5837 / 2, abs=3)
     assert m["geoscore"] == pytest.approx((5000 + 5000 * math.exp(-5837 / 1492.7)) / 2, rel=1e-3)
     assert negative_log_likelihood(torch.tensor([-1.0, -3.0])) == 2.0
+
+
+def test_kde_scores_sum_gaussian_kernels_of_great_circle_distance():
+    """Two samples one degree apart on the equator (6371 pi / 180 km) and one on the far side of the globe."""
+    samples = torch.tensor([[0.0, 10.0], [0.0, 11.0], [0.0, -170.0]])
+    near = math.exp(-0.5 * (6371.0 * math.pi / 180 / 300.0) ** 2)
+    assert torch.allclose(kde_scores(samples, 300.0), torch.tensor([1 + near, 1 + near, 1.0], dtype=torch.float64))

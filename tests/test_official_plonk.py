@@ -71,7 +71,7 @@ def test_ambient_log_density_equals_compute_likelihood(small_pair, guidance):
     emb = torch.randn(1, 1024, generator=torch.Generator().manual_seed(2))
     theirs = theirs_pipe.compute_likelihood(coordinates=latlon, emb=emb, cfg=guidance, normalize_logp=False,
                                             atol=1e-6, rtol=1e-6)
-    ours = pipe.log_density(torch.as_tensor(latlon), embeddings=emb, guidance=guidance, mode="ambient",
+    ours = pipe.log_density(torch.as_tensor(latlon), embeddings=emb, guidance=guidance, geometry="ambient",
                             atol=1e-6, rtol=1e-6)[0]
     assert (ours - theirs.double()).abs().max() < 1e-3
     assert (ours + math.log(4 * math.pi)).abs().max() > 0.1  # far from the uniform density: the field matters

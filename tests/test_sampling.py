@@ -25,21 +25,21 @@ def test_gamma_grid_runs_from_noise_to_data():
 def test_same_seed_same_samples_and_trajectory_shapes(small_network):
     emb = torch.randn(3, 8)
     for process in (RiemannianFlowS2(), FlowR3(), DiffusionR3()):
-        a = sample(small_network, process, SCHEDULE, emb, 20, steps=7, guidance=1.5, seed=123, trajectory=True)
+        a = sample(small_network, process, SCHEDULE, emb, 20, steps=7, guidance=1.5, seed=123, trajectories=True)
         b = sample(small_network, process, SCHEDULE, emb, 20, steps=7, guidance=1.5, seed=123)
         c = sample(small_network, process, SCHEDULE, emb, 20, steps=7, guidance=1.5, seed=124)
         assert torch.equal(a.xyz, b.xyz) and not torch.equal(a.xyz, c.xyz)
-        assert a.xyz.shape == (3, 20, 3) and a.trajectory.shape == (3, 8, 20, 3)
+        assert a.xyz.shape == (3, 20, 3) and a.trajectories.shape == (3, 8, 20, 3)
         assert torch.allclose(a.xyz.norm(dim=-1), torch.ones(3, 20), atol=1e-5)
-        assert torch.allclose(a.xyz, a.trajectory[:, -1] / a.trajectory[:, -1].norm(dim=-1, keepdim=True), atol=1e-6)
+        assert torch.allclose(a.xyz, a.trajectories[:, -1] / a.trajectories[:, -1].norm(dim=-1, keepdim=True), atol=1e-6)
 
 
 def test_rfm_trajectories_stay_on_the_sphere_and_r3_ones_start_gaussian(small_network):
     emb = torch.randn(1, 8)
-    rfm = sample(small_network, RiemannianFlowS2(), SCHEDULE, emb, 500, steps=5, seed=0, trajectory=True)
-    assert torch.allclose(rfm.trajectory.norm(dim=-1), torch.ones(1, 6, 500), atol=1e-5)
-    flow = sample(small_network, FlowR3(), SCHEDULE, emb, 500, steps=5, seed=0, trajectory=True)
-    start_norms = flow.trajectory[0, 0].norm(dim=-1)
+    rfm = sample(small_network, RiemannianFlowS2(), SCHEDULE, emb, 500, steps=5, seed=0, trajectories=True)
+    assert torch.allclose(rfm.trajectories.norm(dim=-1), torch.ones(1, 6, 500), atol=1e-5)
+    flow = sample(small_network, FlowR3(), SCHEDULE, emb, 500, steps=5, seed=0, trajectories=True)
+    start_norms = flow.trajectories[0, 0].norm(dim=-1)
     assert 1.4 < start_norms.mean() < 1.8  # E|n| = 1.596 for a standard Gaussian in R^3
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from geodemo.sphere import (angle_between, exp_map, geodesic_velocity, haversine_km, latlon_to_xyz, log_map, project,
-                            project_tangent, sample_uniform, xyz_to_latlon)
+                            project_tangent, sample_uniform, sample_vmf, tangent_basis, vmf_log_density, xyz_to_latlon)
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -102,3 +102,61 @@ def test_uniform_sampling_is_uniform_and_seeded():
     deciles = torch.quantile(a[:, 2], torch.linspace(0.1, 0.9, 9))
     assert torch.allclose(deciles, torch.linspace(-0.8, 0.8, 9), atol=0.03)
     assert a.mean(0).abs().max() < 0.02
+
+
+def textbook_vmf_log_density(cos_angle: torch.Tensor, kappa: float) -> torch.Tensor:
+    """Slow, obvious, float64: log(kappa / (4 pi sinh kappa)) + kappa cos, while sinh kappa is finite."""
+    return math.log(kappa / (4 * math.pi * math.sinh(kappa))) + kappa * cos_angle
+
+
+def mean_resultant_length(kappa: float) -> float:
+    """A(kappa) = E[mu.x] = coth(kappa) - 1/kappa for x ~ vMF(mu, kappa) on S^2."""
+    return 1 / math.tanh(kappa) - 1 / kappa
+
+
+@pytest.mark.parametrize("kappa", [1e-3, 1.0, 50.0, 600.0])
+def test_vmf_log_density_matches_the_textbook_form(kappa):
+    mu, x = random_points(1, 12)[0], random_points(400, 13)
+    x[:2] = torch.stack((mu, -mu))
+    expected = textbook_vmf_log_density((x * mu).sum(-1), kappa)
+    assert torch.allclose(vmf_log_density(x, mu, kappa), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kappa", [1e-3, 1.0, 50.0, 1e4, 1e7])
+def test_vmf_density_integrates_to_one_for_any_concentration(kappa):
+    """2 pi int_0^pi p(theta) sin(theta) dtheta by the trapezoid rule on angles from mu, theta = pi u^2 for a
+    uniform u: dense near mu, where the peak is ~1/sqrt(kappa) wide."""
+    mu = latlon_to_xyz(torch.tensor([48.0, 2.0]))
+    theta = math.pi * torch.linspace(0, 1, 400_001) ** 2
+    x = theta.cos().unsqueeze(-1) * mu + theta.sin().unsqueeze(-1) * tangent_basis(mu)[0]
+    log_p = vmf_log_density(x, mu, kappa)
+    assert torch.isfinite(log_p).all()
+    assert (2 * math.pi * torch.trapezoid(log_p.exp() * theta.sin(), theta)).item() == pytest.approx(1.0, abs=1e-6)
+    if kappa > 1e3:  # the textbook form overflows; at mu, log p = log(kappa / (2 pi)) up to e^(-2 kappa)
+        assert log_p[0].item() == pytest.approx(math.log(kappa / (2 * math.pi)), rel=1e-12)
+
+
+@pytest.mark.parametrize("kappa", [0.5, 5.0, 300.0, 1e5])
+def test_vmf_samples_have_the_mean_resultant_length_a_of_kappa(kappa):
+    mu = random_points(2, 14)
+    x = sample_vmf(mu, kappa, 40000, torch.Generator().manual_seed(15))
+    assert x.shape == (40000, 2, 3) and torch.allclose(x.norm(dim=-1), torch.ones(()), atol=1e-12)
+    spread = 1 - (x * mu).sum(-1)  # E = 1 - A(kappa), written without cancellation for large kappa
+    standard_error = spread.std(0) / math.sqrt(40000)
+    assert ((spread.mean(0) - (1 - mean_resultant_length(kappa))).abs() < 4 * standard_error).all()
+    sideways = project_tangent(mu, x).mean(0).norm(dim=-1)  # no preferred direction around mu
+    assert (sideways < 4 * (spread * (2 - spread)).mean(0).sqrt() / math.sqrt(40000)).all()
+    again = sample_vmf(mu, kappa, 40000, torch.Generator().manual_seed(15))
+    assert torch.equal(x, again)
+
+
+def test_vmf_sampling_in_float32_at_extreme_concentrations():
+    """kappa = 1e9 (a 5 m spread on the Earth): the angles still follow 1 - cos ~ Exp(kappa), median
+    sqrt(2 ln 2 / kappa), rather than collapsing onto mu; a tiny kappa gives finite, nearly uniform points."""
+    mu = latlon_to_xyz(torch.tensor([[-33.9, 151.2]], dtype=torch.float32))
+    for kappa in (1e-4, 1e9):
+        x = sample_vmf(mu, kappa, 5000, torch.Generator().manual_seed(16))
+        assert x.dtype == torch.float32 and torch.isfinite(x).all()
+        assert (x.norm(dim=-1) - 1).abs().max() < 1e-5
+    median = angle_between(x, mu.expand_as(x)).median().item()
+    assert median == pytest.approx(math.sqrt(2 * math.log(2) / 1e9), rel=0.05)

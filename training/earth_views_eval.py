@@ -24,7 +24,8 @@ import torch
 import geodemo
 from geodemo.pipeline import GeoPipeline
 from geodemo.sampling import make_generator
-from geodemo.sphere import latlon_to_xyz, project, sample_uniform, xyz_to_latlon, EARTH_RADIUS_KM, LOG_SPHERE_AREA
+from geodemo.sphere import (EARTH_RADIUS_KM, LOG_SPHERE_AREA, latlon_to_xyz, sample_uniform, sample_vmf,
+                           vmf_log_density, xyz_to_latlon)
 from training.evaluate import evaluate, format_table
 from training.shards import list_shards, read_shards
 
@@ -54,20 +55,6 @@ def read_land_fractions(paths: Sequence[str], keys: Sequence[str]) -> torch.Tens
     return torch.tensor([by_key[k] for k in keys])
 
 
-def log_vmf(x: torch.Tensor, mu: torch.Tensor, kappa: float) -> torch.Tensor:
-    """log of the von Mises-Fisher density on S^2: log(kappa / (2 pi (1 - exp(-2 kappa)))) + kappa (mu.x - 1)."""
-    return math.log(kappa / (2 * math.pi * -math.expm1(-2 * kappa))) + kappa * ((x * mu).sum(-1) - 1)
-
-
-def sample_vmf(mu: torch.Tensor, kappa: float, generator: torch.Generator) -> torch.Tensor:
-    """One vMF(mu, kappa) draw per row of mu (M, 3): cos angle w = 1 + log(u + (1 - u) e^{-2 kappa}) / kappa."""
-    u = torch.rand(mu.shape[0], generator=generator, dtype=mu.dtype)
-    w = (1 + torch.log(u + (1 - u) * math.exp(-2 * kappa)) / kappa).clamp(-1, 1).unsqueeze(-1)
-    tangent = torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
-    tangent = project(tangent - (tangent * mu).sum(-1, keepdim=True) * mu)
-    return w * mu + (1 - w**2).clamp_min(0).sqrt() * tangent
-
-
 @torch.no_grad()
 def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points: int = 4096, num_centres: int = 1024,
                       bandwidth_km: float = 100.0, uniform_weight: float = 0.1, seed: int = 0,
@@ -84,10 +71,10 @@ def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points
     from_uniform = torch.rand(num_points, generator=generator) < uniform_weight
     picks = centres[torch.randint(num_centres, (num_points,), generator=generator)]
     points = torch.where(from_uniform.unsqueeze(-1), sample_uniform((num_points,), generator=generator, dtype=torch.float64),
-                         sample_vmf(picks, kappa, generator))
+                         sample_vmf(picks, kappa, 1, generator)[0])
+    log_mixture = torch.logsumexp(vmf_log_density(points.unsqueeze(1), centres, kappa), 1) - math.log(num_centres)
     log_q = torch.logaddexp(torch.full((num_points,), math.log(uniform_weight) - LOG_SPHERE_AREA, dtype=torch.float64),
-                            math.log(1 - uniform_weight) + torch.logsumexp(log_vmf(points.unsqueeze(1), centres, kappa), 1)
-                            - math.log(num_centres))
+                            math.log(1 - uniform_weight) + log_mixture)
     log_p = pipeline.log_density(xyz_to_latlon(points), embeddings=emb, **ode_options)[0]
     ratio = torch.exp(log_p - log_q)
     return float(ratio.mean()), float(ratio.std() / math.sqrt(num_points))

@@ -42,14 +42,19 @@ def clip_preprocess(image: Image.Image, size: int = 336, mean=CLIP_MEAN, std=CLI
     return normalize(image.crop((left, top, left + size, top + size)), mean, std)
 
 
-def square_crop_preprocess(image: Image.Image, size: int = 336, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """PLONK's DINOv2 transform: the largest centre square (torchvision's offset round((side - s) / 2)), bicubic
-    resize to size x size, then ImageNet mean / std."""
-    image = image.convert("RGB")
+def centre_square(image: Image.Image) -> Image.Image:
+    """The largest centred square of an image: side s = min(w, h) at offsets round((w - s) / 2), round((h - s) / 2)
+    (torchvision's CenterCrop rule, Python's round: ties to even)."""
     w, h = image.size
     s = min(w, h)
-    top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
-    image = image.crop((left, top, left + s, top + s)).resize((size, size), Image.Resampling.BICUBIC)
+    left, top = round((w - s) / 2), round((h - s) / 2)
+    return image.crop((left, top, left + s, top + s))
+
+
+def square_crop_preprocess(image: Image.Image, size: int = 336, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """PLONK's DINOv2 transform: the largest centre square (centre_square), bicubic resize to size x size, then
+    ImageNet mean / std."""
+    image = centre_square(image.convert("RGB")).resize((size, size), Image.Resampling.BICUBIC)
     return normalize(image, mean, std)
 
 

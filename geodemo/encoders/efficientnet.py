@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
+from geodemo.encoders.backbones import centre_square
+
 NAME = "efficientnet_lite0"
 EMBEDDING_DIM = 1280
 INPUT_SIZE = 224
@@ -68,12 +70,8 @@ def build_model() -> torch.nn.Module:
 
 
 def square_crop_resize(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Centre square crop (side = the shorter side), bicubic resize to size x size: (3, size, size) in [0, 1]."""
-    image = image.convert("RGB")
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    """Centre square crop (backbones.centre_square), bicubic resize to size x size: (3, size, size) in [0, 1]."""
+    image = centre_square(image.convert("RGB")).resize((size, size), Image.Resampling.BICUBIC)
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(size, size, 3).permute(2, 0, 1) / 255.0
 
 

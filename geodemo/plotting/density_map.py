@@ -10,7 +10,6 @@ import io
 import cartopy.crs as ccrs
 import cartopy.feature as cfeature
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
@@ -28,10 +27,7 @@ def mass_window(cells: DensityCells, fraction: float = 0.9, min_span_deg: float 
                 max_span_deg: float = 90.0) -> tuple[float, float, float, float] | None:
     """(lat0, lat1, lon0, lon1) box around the cells holding `fraction` of the mass, with a margin and at least
     min_span_deg wide; None when that mass is spread over more than max_span_deg (the world map says it all)."""
-    probs = cells.probabilities()
-    order = torch.argsort(probs, descending=True)
-    n = int(torch.searchsorted(torch.cumsum(probs[order], 0), torch.tensor([fraction], dtype=probs.dtype))) + 1
-    b = cells.bounds[order[:n]].numpy()
+    b = cells.bounds[cells.holding(fraction)].numpy()
     lat0, lat1, lon0, lon1 = b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()
     if max(lat1 - lat0, lon1 - lon0) > max_span_deg:
         return None
