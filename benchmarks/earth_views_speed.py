@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from geodemo.earth_views import augment, land_fraction, random_view_params, render_views
 from geodemo.encoders import get_encoder
+from training.earth_views import augment, land_fraction, random_view_params, render_views
 from training.earth_views_data import shard_views
 
 

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from geodemo.earth_views import (NO_AUGMENTATION, Augmentation, ViewSampling, _sample_texture, augment, blue_marble,
-                                 land_fraction, random_view_params, render_views, view_directions)
 from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz, xyz_to_latlon
+from training.earth_views import (NO_AUGMENTATION, Augmentation, ViewSampling, _sample_texture, augment, blue_marble,
+                                  land_fraction, random_view_params, render_views, view_directions)
 
 
 @pytest.mark.parametrize("projection, radius_to_angle", [("orthographic", math.asin), ("gnomonic", math.atan)])

