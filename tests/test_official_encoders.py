@@ -14,7 +14,8 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from geodemo.encoders import available_encoders, get_encoder, register_encoder
-from geodemo.encoders.backbones import clip_preprocess, open_clip_encoder, square_crop_preprocess, timm_encoder
+from geodemo.encoders.backbones import (centre_square, clip_preprocess, open_clip_encoder, square_crop_preprocess,
+                                        timm_encoder)
 from geodemo.encoders.dinov2 import IMAGE_SIZE, TIMM_MODEL
 from geodemo.encoders.street_clip import (OPEN_CLIP_MODEL, build_vision_tower, convert_state_dict, load_converted,
                                           open_clip_config, street_clip_encoder)
@@ -40,13 +41,16 @@ def test_registry_names_the_released_encoders():
 
 
 def test_street_clip_is_open_clip_vit_l14_336_quickgelu():
+    """StreetCLIP's transformers config, converted, equals open_clip's own config of OPEN_CLIP_MODEL as open_clip
+    reads it (CLIPVisionCfg: the fields its JSON leaves out, such as head_width and mlp_ratio, take their defaults)."""
     import open_clip
+    from open_clip.model import CLIPVisionCfg
 
-    vision_cfg = open_clip.get_model_config(OPEN_CLIP_MODEL)["vision_cfg"]
+    config = open_clip.get_model_config(OPEN_CLIP_MODEL)
+    theirs = CLIPVisionCfg(**config["vision_cfg"])
     ours = open_clip_config(STREET_CLIP_VISION)
-    assert ours == dict(image_size=336, patch_size=14, width=1024, layers=24, head_width=64, mlp_ratio=4.0)
-    assert {k: vision_cfg.get(k, v) for k, v in ours.items()} == ours
-    assert open_clip.get_model_config(OPEN_CLIP_MODEL).get("quick_gelu") is True
+    assert {k: getattr(theirs, k) for k in ours} == ours
+    assert config["quick_gelu"] is True and config["embed_dim"] == STREET_CLIP_VISION["projection_dim"]
 
 
 def test_conversion_covers_every_tensor_of_the_full_size_model():
@@ -105,6 +109,15 @@ def test_dinov2_config_is_vit_l14_with_4_registers_at_336():
     assert model.patch_embed.patch_size == (14, 14) and model.patch_embed.grid_size == (24, 24)
     assert model.num_reg_tokens == 4 and model.num_prefix_tokens == 5 and model.embed_dim == 1024
     assert model.global_pool == "token" and model.num_features == 1024  # the LayerNorm'd CLS token
+
+
+@pytest.mark.parametrize("size", [(503, 500), (500, 507), (337, 1001), (339, 338), (400, 400)])
+def test_centre_square_is_torchvision_center_crop(size):
+    """Both encoders' crop; odd margins such as 3 and 7 pixels tell round-half-to-even from floor."""
+    from torchvision.transforms.functional import center_crop
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    assert np.array_equal(np.asarray(centre_square(image)), np.asarray(center_crop(image, min(size))))
 
 
 def test_dinov2_preprocessing_matches_the_authors_transform(photos):

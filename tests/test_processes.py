@@ -1,3 +1,5 @@
+from functools import partial
+
 import pytest
 import torch
 
@@ -22,16 +24,29 @@ def test_interpolant_ends(process):
     assert torch.allclose(y1, x0, atol=1e-9) and torch.allclose(y0, noise, atol=1e-9)
 
 
+def reference_path(name: str, x0: torch.Tensor, noise: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The flows' interpolants written out independently: the straight line g x0 + (1 - g) n in R^3, and the great
+    circle (slerp) (sin((1 - g) theta) n + sin(g theta) x0) / sin(theta), theta = arccos(n . x0), on S^2."""
+    g = g.unsqueeze(-1)
+    if name == "flow_r3":
+        return g * x0 + (1 - g) * noise
+    theta = torch.arccos((x0 * noise).sum(-1, keepdim=True).clamp(-1, 1))
+    return (torch.sin((1 - g) * theta) * noise + torch.sin(g * theta) * x0) / torch.sin(theta)
+
+
 @pytest.mark.parametrize("process", [FlowR3(), RiemannianFlowS2()], ids=lambda p: p.name)
 def test_flow_target_is_the_path_derivative(process):
+    """The regression target and the ODE field at the true target both equal d/dg of the reference path,
+    by central differences."""
     x0, noise = data_and_noise(process)
     g = torch.rand(400, generator=GEN(3)) * 0.9 + 0.05
     h = 1e-6
-    _, target = process.interpolate(x0, noise, g)
-    ahead, _ = process.interpolate(x0, noise, g + h)
-    behind, _ = process.interpolate(x0, noise, g - h)
-    assert torch.allclose((ahead - behind) / (2 * h), target, atol=1e-6)
-    assert torch.allclose(process.velocity(ahead, target, g), target)
+    path = partial(reference_path, process.name, x0, noise)
+    derivative = (path(g + h) - path(g - h)) / (2 * h)
+    y, target = process.interpolate(x0, noise, g)
+    assert torch.allclose(y, path(g), atol=1e-10)
+    assert torch.allclose(target, derivative, atol=1e-6)
+    assert torch.allclose(process.velocity(y, target, g.unsqueeze(-1)), derivative, atol=1e-6)
 
 
 def test_rfm_path_stays_on_the_sphere_and_noise_is_uniform():
