@@ -181,7 +181,7 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
                 guidance: float = 0.0, geometry: DensityGeometry = "riemannian", method: str = "dopri5",
                 atol: float = 1e-5, rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02,
                 radial_nodes: int = 20, chunk_size: int = 8192, precision: Precision = "native",
-                compile: bool = False) -> torch.Tensor:
+                compile: bool = False, t_start: float = 0.0) -> torch.Tensor:
     """log p(xyz | emb) in nats per steradian, shape (B, M). emb (B, C), xyz (B, M, 3) unit vectors.
 
     geometry="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
@@ -191,7 +191,11 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     method: a torchdiffeq solver; "euler" / "midpoint" / "rk4" take `steps` fixed steps; adaptive ones keep every
     point's error estimate within atol + rtol |state| (per_point_error_norm).
     precision / compile: the network pass's speed options (see ODEField); "bf16x3" + compile is the fast GPU path.
+    t_start (RFM): the density of the marginal p_t at t = t_start in [0, 1), the ODE running from t_start to the
+    noise end t = 1 (0: the model's density); the R^3 processes set their time by radial_sigma instead.
     """
+    if not (0 <= t_start < 1 and (process.on_sphere or t_start == 0)):
+        raise ValueError(f"t_start must be in [0, 1) for the Riemannian flow and 0 otherwise, got {t_start}")
     if geometry not in ("riemannian", "ambient"):
         raise ValueError(f"geometry must be 'riemannian' or 'ambient', got {geometry!r}")
     if geometry == "ambient" and not process.on_sphere:
@@ -204,7 +208,7 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
         field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", precision, compile)
 
         def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
-            _, int_div = _solve(field, pts, 0.0, 1.0, method, atol, rtol, steps)
+            _, int_div = _solve(field, pts, t_start, 1.0, method, atol, rtol, steps)
             return int_div - LOG_SPHERE_AREA
 
         return _chunked(sphere_log_density, xyz, chunk_size)
