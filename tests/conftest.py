@@ -9,6 +9,12 @@ from geodemo.network import GeoDenoiser, NetworkConfig
 torch.set_num_threads(1)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `slow` mark. Slow tests (a toy world trained in the suite, multi-process training, a real
+    browser) run by default and in CI; `pytest -m "not slow"` leaves them out for a quick check."""
+    config.addinivalue_line("markers", "slow: a test that takes tens of seconds (deselect with -m 'not slow')")
+
+
 def random_network(dim: int = 32, depth: int = 2, cond_dim: int = 8, seed: int = 0, scale: float = 1.0) -> GeoDenoiser:
     """A small denoiser with every weight random (the zero-initialised layers too), in eval mode."""
     torch.manual_seed(seed)
