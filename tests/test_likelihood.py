@@ -84,10 +84,11 @@ def test_riemannian_density_of_a_random_network_integrates_to_one():
     logp = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=1.0, method="rk4", steps=32)
     assert logp.std() > 1.0  # far from uniform, so the check below is not trivial
     assert integrate(logp.double().view(grid.shape), grid.solid_angle).item() == pytest.approx(1.0, abs=0.02)
-    adaptive = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, atol=1e-6, rtol=1e-6)
+    adaptive = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0)
     assert torch.allclose(adaptive, logp[:, ::50], atol=1e-2)  # RK4 with 32 steps vs dopri5
-    ambient = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, geometry="ambient")
-    assert not torch.allclose(ambient, adaptive, atol=1e-2)
+    ambient = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz[:, ::50], guidance=1.0, geometry="ambient",
+                          method="rk4", steps=32)
+    assert not torch.allclose(ambient, logp[:, ::50], atol=1e-2)
 
 
 @pytest.mark.parametrize("process,s0", [(FlowR3(), 0.5), (DiffusionR3(), 3**-0.5), (FlowR3(), 1.3)],

@@ -51,8 +51,9 @@ def test_network_outputs_equal_the_authors(tmp_path, dim):
 
 @pytest.fixture(scope="module")
 def small_pair(tmp_path_factory):
-    """(their network, our pipeline) for the slower checks: dim 64, depth 4, scaled weights."""
-    net = authors_network(64, 4, scale=0.5)
+    """(their network, our pipeline) for the slower checks: dim 64, depth 4, weights scaled by 0.3 (a field smooth
+    enough for their dopri5 at 1e-6 to take ~400 steps, yet a density 0.7 nats away from uniform)."""
+    net = authors_network(64, 4, scale=0.3)
     return net, geodemo.load(saved(net, tmp_path_factory.mktemp("small")), device="cpu")
 
 
