@@ -57,6 +57,7 @@ def small_pair(tmp_path_factory):
     return net, geodemo.load(saved(net, tmp_path_factory.mktemp("small")), device="cpu")
 
 
+@pytest.mark.slow  # their solver: about 400 dopri5 steps with an autograd Jacobian each
 @pytest.mark.parametrize("guidance", [0.0, 2.0])
 def test_ambient_log_density_equals_compute_likelihood(small_pair, guidance):
     from plonk.models.preconditioning import DDPMPrecond
