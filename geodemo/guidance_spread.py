@@ -1,0 +1,81 @@
+"""What classifier-free guidance does to a model's samples, measured rather than assumed.
+
+Two measures of N samples (degrees):
+  distinct positions = how many different (lat, lon) remain after rounding to 0.001 degree (~100 m);
+  spread             = median great-circle distance (km) from the samples to their mean direction
+                       (the normalised mean of the unit vectors).
+`benchmarks/guidance_spread.py` measures both per shipped model, example view and guidance scale w and writes
+the table `assets/guidance_spread.json`; the app's guidance hint is read from that table, so the hint says what
+the models actually do and follows them when they are retrained.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geodemo.paths import ASSETS_DIR
+from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz
+
+SPREAD_TABLE = ASSETS_DIR / "guidance_spread.json"
+DISTINCT_DECIMALS = 3
+"""Positions equal after rounding to 10^-3 degree (~100 m) count as one."""
+
+
+def distinct_positions(latlon: torch.Tensor | np.ndarray, decimals: int = DISTINCT_DECIMALS) -> int:
+    """How many different (lat, lon) pairs remain among (N, 2) degrees after rounding to `decimals` places."""
+    points = np.round(np.asarray(latlon, dtype=np.float64).reshape(-1, 2), decimals) + 0.0  # -0.0 -> 0.0
+    return len(np.unique(points, axis=0))
+
+
+def spread_km(latlon: torch.Tensor | np.ndarray) -> float:
+    """Median distance (km) from (N, 2) degree samples to their mean direction sum(x_i) / |sum(x_i)|."""
+    xyz = latlon_to_xyz(torch.as_tensor(np.asarray(latlon, dtype=np.float64)).reshape(-1, 2))
+    mean = xyz.sum(0)
+    if float(mean.norm()) < 1e-12:  # perfectly balanced: no mean direction, the spread is a hemisphere
+        return float(np.pi / 2 * EARTH_RADIUS_KM)
+    return float(angle_between(xyz, (mean / mean.norm())[None]).median() * EARTH_RADIUS_KM)
+
+
+def write_table(table: dict, path: Path = SPREAD_TABLE) -> None:
+    """Write the measured table: {"setup": {...}, "models": {name: {"process": p, "rows": [{"guidance": w,
+    "distinct": [per view], "spread_km": [per view]}]}}}."""
+    path.write_text(json.dumps(table, indent=1) + "\n")
+
+
+@lru_cache(maxsize=4)
+def read_table(path: Path = SPREAD_TABLE) -> dict:
+    """The measured table, or {} when it has not been measured (or cannot be read)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def guidance_hint(model: str, table: dict | None = None) -> str:
+    """One short paragraph for people: what guidance w does to this model's samples, from the measured table
+    (per w: the fewest and most distinct positions over the example views, and the median spread)."""
+    table = read_table() if table is None else table
+    entry = table.get("models", {}).get(model)
+    if not entry:
+        return ("Guidance w > 0 trades the model's own distribution (w = 0) for guided samples that may cluster, "
+                "collapse onto one point or spread again, depending on the model: not measured for this model.")
+    setup = table.get("setup", {})
+    n = setup.get("samples", "N")
+    parts = []
+    for row in entry["rows"]:
+        distinct, spread = row["distinct"], float(np.median(row["spread_km"]))
+        count = f"{min(distinct)}" if min(distinct) == max(distinct) else f"{min(distinct)}-{max(distinct)}"
+        parts.append(f"w = {row['guidance']:g}: {count} distinct of {n}, {_km(spread)}")
+    return (f"Measured for **{model}** on the {setup.get('views', 'shipped')} example views ({n} samples, "
+            f"{setup.get('steps', '?')} steps, seed {setup.get('seed', 0)}; distinct positions to ~100 m, median "
+            f"distance to the samples' mean): " + "; ".join(parts) + ". w = 0 shows the model's own distribution; "
+            "the best-guess marker is always the guided (w = 2) point estimate.")
+
+
+def _km(distance: float) -> str:
+    return f"{distance:,.0f} km" if distance >= 1 else "< 1 km"
