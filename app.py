@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,19 +21,34 @@ import torch
 from geodemo.examples import example_views
 from geodemo.images import ImageError, load_image
 from geodemo.plotting import density_map_figure, globe_figure, render_png
-from geodemo.service import (LIMITS, Catalogue, ModelCache, ModelUnavailable, Stage, catalogue_name, check_request,
-                             locate, make_catalogue)
+from geodemo.request_files import RequestFiles, TempBounds, use_own_temp_dir
+from geodemo.service import (LIMITS, Catalogue, ModelCache, ModelUnavailable, Stage, check_request, locate,
+                             make_catalogue)
+from geodemo.encoders.sources import ENCODER_DIR_ENV, set_encoder_dir
+from geodemo.hub import LocalCopyUse, set_local_copy_use
+from geodemo.space import SPACE_MODEL, request_duration, start_app
 from geodemo.summary import sample_rows, to_csv, to_geojson
 
-try:  # ZeroGPU Spaces: run the heavy function on a GPU lent per call
+try:  # ZeroGPU Spaces: the request runs on a GPU lent per call (a no-op elsewhere)
     import spaces
-
-    on_gpu = spaces.GPU(duration=60)
 except ImportError:
-    def on_gpu(fn):
-        return fn
+    spaces = None
+
+
+def on_gpu(fn):
+    """fn on a GPU lent per call on ZeroGPU Spaces, for as long as its request needs (geodemo.space.gpu_seconds);
+    fn itself without the `spaces` package. Under ZeroGPU fn runs in a worker process: what it yields is pickled."""
+    return spaces.GPU(duration=request_duration(fn))(fn) if spaces is not None else fn
 
 log = logging.getLogger("geodemo.app")
+LOCAL_COPIES = LocalCopyUse(model="python app.py --model {model}",
+                            encoders="python app.py --encoder-dir {encoders} (and your --model)",
+                            both="python app.py --model {model} --encoder-dir {encoders}")
+"""How the hub's messages tell an app user to pass local copies of a model and its encoder."""
+MAX_UPLOAD_MB = 20.0
+"""Largest upload the server accepts (a phone photo is 2-12 MB; geodemo.images bounds the pixels as well)."""
+QUEUE_SIZE = 32
+"""Requests waiting at most (two run at a time); one more is told that the queue is full and to try again."""
 PLOTLY_JS = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 GLOBE_HEIGHT = 560
 GLOBE_TEMPLATE = f'<div class="geodemo-globe" style="width:100%;height:{GLOBE_HEIGHT}px"></div>'
@@ -54,16 +71,16 @@ The shipped `default` model reads **views of the Earth from space** (it was trai
 views, not on photos); the official PLONK photo models load from the Hugging Face hub when reachable."""
 
 
-def image_path_of(payload) -> str | None:
+def image_path_of(payload, files: RequestFiles) -> str | None:
     """The uploaded file's path from a raw gr.Image payload (the event runs with preprocess=False, so the file
-    reaches geodemo.images untouched: its checks give the error messages and EXIF GPS is kept)."""
+    reaches geodemo.images untouched: its checks give the error messages and EXIF GPS is kept). Only files in
+    the app's own folder (uploads, cached examples) are read: any other path gets the same sentence."""
     if payload is None:
         return None
-    if isinstance(payload, str):
-        return payload
-    if isinstance(payload, dict) and payload.get("path"):
-        return str(payload["path"])
-    raise gr.Error("The image did not arrive as a file; please upload it again.")
+    path = payload if isinstance(payload, str) else payload.get("path") if isinstance(payload, dict) else None
+    if not path or not files.holds(str(path)):
+        raise gr.Error("The image did not arrive as an upload; please upload it again.")
+    return str(path)
 
 
 def example_images() -> tuple[list[str], list[str]]:
@@ -81,11 +98,16 @@ def shown_level(stage: Stage) -> bool:
 
 
 def build_demo(catalogue: Catalogue | None = None, device: str | None = None, default_model: str | None = None,
-               map_options: dict | None = None) -> gr.Blocks:
+               map_options: dict | None = None, temp_bounds: TempBounds = TempBounds(),
+               models: ModelCache | None = None, notice: str | None = None) -> gr.Blocks:
     """The Blocks app. Models are loaded on first use and shared read-only between users.
-    map_options: the log-density map's options (geodemo.service.MAP_OPTIONS: coarse_deg, levels, ...)."""
+    models: the model cache to serve from (geodemo.space.start_app's, the first model loaded); notice: one
+    sentence shown under the title (why the page did not open on the model asked for).
+    map_options: the log-density map's options (geodemo.service.MAP_OPTIONS: coarse_deg, levels, ...).
+    temp_bounds: age and size bounds of the app's temporary folder (Gradio's, GRADIO_TEMP_DIR at this call)."""
     catalogue = catalogue or make_catalogue()
-    models = ModelCache(catalogue, device=device)
+    request_files = RequestFiles(gr.utils.get_upload_folder(), temp_bounds, keep=lambda: kept_in_cache(demo))
+    models = models or ModelCache(catalogue, device=device)
     default_model = default_model if default_model in catalogue.names else catalogue.default()
     gr.set_static_paths([str(PLOTLY_JS.parent)])
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
@@ -101,14 +123,14 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         figure = density_map_figure(cells, stage.samples, truth=summary.truth, best_guess=summary.best_guess,
                                     title=title)
         rows = sample_rows(stage.samples, stage.sample_log_density)
-        return render_png(figure), summary.to_markdown(), *write_downloads(rows, summary)
+        return render_png(figure), summary.to_markdown(), *write_downloads(request_files, rows, summary)
 
     @on_gpu
     def locate_request(image, model_name, guidance, steps, num_samples, seed, exact_density,
                        progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
         """One request: samples + globe first, then the log-density map refined in stages."""
         started = time.perf_counter()
-        image_path = image_path_of(image)
+        image_path = image_path_of(image, request_files)
         if not image_path:
             raise gr.Error("Please add an image first (upload, paste or drag one onto the image box).")
         try:
@@ -130,7 +152,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                              best_guess=summary.best_guess, process_name=pipe.process.name, seed=request.seed)
         state = {"model": model_name, "samples": first.samples.tolist(), "truth": summary.truth}
         log.info("samples + globe in %.2f s", time.perf_counter() - started)
-        files = write_downloads(sample_rows(first.samples), summary)
+        files = write_downloads(request_files, sample_rows(first.samples), summary)
         yield globe.to_json(), gr.skip(), summary.to_markdown(), *files, state
         if first.final:
             yield gr.skip(), *map_outputs(first)[:1], gr.skip(), gr.skip(), gr.skip(), state
@@ -152,8 +174,11 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     def describe(model_name):
         return catalogue.describe(model_name) if model_name in catalogue.names else f"Unknown model {model_name!r}."
 
-    with gr.Blocks(title="geodemo — generative geolocation") as demo:
+    with gr.Blocks(title="geodemo — generative geolocation",
+                   delete_cache=(max(1, int(temp_bounds.prune_every_s)), max(1, int(temp_bounds.max_age_s)))) as demo:
         gr.Markdown(INTRO)
+        if notice:
+            gr.Markdown(f"**Note:** {notice}", elem_id="startup-notice")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 image = gr.Image(label="Image (upload, paste or drag & drop)", type="filepath",
@@ -189,18 +214,26 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     return demo
 
 
-def write_downloads(rows: list[dict], summary) -> tuple[str, str]:
-    """Write the samples as CSV and GeoJSON into a fresh folder for this request; return both paths."""
-    folder = Path(tempfile.mkdtemp(prefix="geodemo-"))
-    csv_path, geojson_path = folder / "samples.csv", folder / "samples.geojson"
-    csv_path.write_text(to_csv(rows))
-    geojson_path.write_text(to_geojson(rows, summary))
+def write_downloads(request_files: RequestFiles, rows: list[dict], summary) -> tuple[str, str]:
+    """Write the samples as CSV and GeoJSON into a fresh folder of the app's bounded temporary folder."""
+    csv_path, geojson_path = request_files.write({"samples.csv": to_csv(rows),
+                                                  "samples.geojson": to_geojson(rows, summary)})
     return str(csv_path), str(geojson_path)
+
+
+def kept_in_cache(demo: gr.Blocks) -> set[str]:
+    """The cached files Gradio keeps for the app's lifetime (example thumbnails, components' initial values)."""
+    return set().union(*(getattr(block, "keep_in_cache", ()) for block in demo.blocks.values()))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="geodemo: generative visual geolocation in the browser")
-    parser.add_argument("--model", default=None, help="model shown first: an embedded name, a hub id or a folder")
+    parser.add_argument("--model", default=None,
+                        help="model shown first: a shipped name, a hub id or a folder (default: $GEODEMO_MODEL, on a "
+                             f"Space {SPACE_MODEL}, else the shipped default)")
+    parser.add_argument("--encoder-dir", default=os.environ.get(ENCODER_DIR_ENV),
+                        help="folder holding local copies of the released models' image encoders in subfolders "
+                             "StreetCLIP and dinov2-reg (default: $GEODEMO_ENCODER_DIR; else the Hugging Face cache)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
@@ -208,7 +241,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per request (requests run two at a time; small networks "
                              "gain nothing from more threads, and more threads than cores stall)")
+    parser.add_argument("--temp-dir", default=None,
+                        help="the app's own temporary folder (default: GRADIO_TEMP_DIR, else <temp>/geodemo-app)")
+    parser.add_argument("--temp-max-mb", type=float, default=TempBounds.max_bytes / 2**20,
+                        help="most megabytes the temporary folder may hold (oldest files go first)")
+    parser.add_argument("--temp-max-age", type=float, default=TempBounds.max_age_s,
+                        help="seconds a download or upload is kept")
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload accepted")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
+                        help="requests waiting at most; more get 'the queue is full, try again'")
     return parser.parse_args(argv)
+
+
+def serve(demo: gr.Blocks, **launch_options) -> None:
+    """Launch and serve until SIGTERM or Ctrl-C, then stop cleanly: the queue and the server close, Gradio
+    removes the files it cached, the request folders go, and the process exits with status 0."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    demo.launch(prevent_thread_lock=True, **launch_options)
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: closing the queue and the server")
+    demo.close(verbose=False)
+    RequestFiles(gr.utils.get_upload_folder()).clear()
+    log.info("stopped")
 
 
 if __name__ == "__main__":
@@ -217,10 +274,16 @@ if __name__ == "__main__":
     torch.set_num_threads(max(1, args.threads))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but no CUDA GPU is visible")
+    set_local_copy_use(LOCAL_COPIES)
     try:
-        catalogue = make_catalogue(args.model)
-    except ModelUnavailable as err:
+        set_encoder_dir(args.encoder_dir)
+        start = start_app(args.model, device=args.device)
+    except ValueError as err:  # ModelUnavailable included: a folder that does not exist is an error
         raise SystemExit(f"error: {err}") from None
-    demo = build_demo(catalogue, device=args.device, default_model=args.model and catalogue_name(args.model))
-    demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name=args.host, server_port=args.port,
-                                                                share=args.share)
+    use_own_temp_dir(args.temp_dir)
+    bounds = TempBounds(max_age_s=args.temp_max_age, max_bytes=int(args.temp_max_mb * 2**20),
+                        prune_every_s=min(TempBounds.prune_every_s, args.temp_max_age))
+    demo = build_demo(start.catalogue, device=args.device, default_model=start.first_model, temp_bounds=bounds,
+                      models=start.models, notice=start.notice)
+    serve(demo.queue(default_concurrency_limit=2, max_size=args.queue_size), server_name=args.host,
+          server_port=args.port, share=args.share, max_file_size=int(args.max_upload_mb * 2**20))
