@@ -71,10 +71,10 @@ class Catalogue:
         return next(iter(self.local), None) or (self.hub[0] if self.hub else None)
 
     def entry(self, name: str) -> ModelEntry:
-        """The registry entry of an offered name; ModelUnavailable for any other string."""
-        if name in self.local:
+        """The registry entry of an offered name; ModelUnavailable for anything else (any value a request sends)."""
+        if isinstance(name, str) and name in self.local:
             return ModelEntry(name, "shipped" if shipped_folder(name) else "folder", folder=self.local[name])
-        if name in self.hub:
+        if isinstance(name, str) and name in self.hub:
             return lookup(name)
         raise ModelUnavailable(f"Unknown model {str(name)[:80]!r}: choose one of {', '.join(self.names)}.")
 
