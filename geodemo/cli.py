@@ -11,15 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence, TextIO
 
+from geodemo.encoders.sources import ENCODER_DIR_ENV, set_encoder_dir
+from geodemo.hub import LocalCopyUse, set_local_copy_use
 from geodemo.images import ImageError
 from geodemo.service import (LIMITS, SCORED_SAMPLES, ModelCache, ModelUnavailable, catalogue_name, check_request,
                              locate, make_catalogue)
 from geodemo.summary import geojson_features, sample_rows, to_csv
 
 log = logging.getLogger("geodemo.cli")
+LOCAL_COPIES = LocalCopyUse(model="geodemo predict IMAGE --model {model}",
+                            encoders="geodemo predict IMAGE --encoder-dir {encoders} (and your --model)",
+                            both="geodemo predict IMAGE --model {model} --encoder-dir {encoders}")
+"""How the hub's messages tell a command-line user to pass local copies of a model and its encoder."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="sample locations for images and summarise them")
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--model", default="default", help="shipped model name, hub id or model folder")
+    predict.add_argument("--encoder-dir", default=os.environ.get(ENCODER_DIR_ENV),
+                         help="folder holding local copies of the released models' image encoders in subfolders "
+                              "StreetCLIP and dinov2-reg (default: $GEODEMO_ENCODER_DIR; else the Hugging Face cache)")
     predict.add_argument("--samples", type=int, default=128, help=f"samples per image {LIMITS['num_samples']}")
     predict.add_argument("--steps", type=int, default=32, help=f"sampler steps {LIMITS['steps']}")
     predict.add_argument("--guidance", type=float, default=2.0, help=f"guidance scale {LIMITS['guidance']}")
@@ -53,6 +63,7 @@ def predict_one(pipe, path: str, request, scored: int) -> tuple[dict, list[dict]
 def run_predict(args: argparse.Namespace, out: TextIO) -> int:
     try:
         request = check_request(args.samples, args.steps, args.guidance, args.seed)
+        set_encoder_dir(args.encoder_dir)
         pipe = ModelCache(make_catalogue(args.model), device=args.device).get(catalogue_name(args.model))
     except (ModelUnavailable, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -82,4 +93,8 @@ def run_predict(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
-    return run_predict(args, out or sys.stdout)
+    previous = set_local_copy_use(LOCAL_COPIES)
+    try:
+        return run_predict(args, out or sys.stdout)
+    finally:
+        set_local_copy_use(previous)

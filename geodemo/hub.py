@@ -76,63 +76,147 @@ def is_hub_id(name: str) -> bool:
 
 
 class HubUnavailableError(CheckpointError):
-    """A hub model that cannot be fetched: its message is one sentence saying what to do."""
+    """A hub model that cannot be fetched: its message is one sentence saying what to do; `reason` says why in a
+    few words."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason
 
 
 class MissingFilesError(HubUnavailableError):
     """The hub repository exists but lacks some requested files."""
 
 
-def download_command(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> str:
+def download_command(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE), local_dir: str | None = None) -> str:
     """The shell command that fetches a model into a folder named after it (huggingface_hub's `hf` CLI)."""
-    return f"hf download {repo_id} {' '.join(files)} --local-dir {repo_id.split('/')[-1]}"
+    return f"hf download {repo_id} {' '.join(files)} --local-dir {local_dir or repo_id.split('/')[-1]}"
 
 
-def _unreachable(repo_id: str, why: str, files: tuple[str, ...], use: str) -> HubUnavailableError:
-    local = repo_id.split("/")[-1]
-    return HubUnavailableError(
-        f"Cannot load {repo_id!r}: {why} and it is not in the local Hugging Face cache; on a connected machine run "
-        f"`{download_command(repo_id, files)}`, copy that folder here and pass its path: {use.format(folder=repr(local))}."
-    )
+@dataclass(frozen=True)
+class LocalCopyUse:
+    """How a person passes local copies, in the words of the entry point in use (the API, the app, the CLI):
+    templates with {model} (a model folder) and {encoders} (an encoder directory, geodemo.encoders.sources)."""
+
+    model: str
+    encoders: str
+    both: str
 
 
-def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE), cache_dir: str | Path | None = None,
-             revision: str | None = None, timeout: float = HUB_TIMEOUT_S, use: str = "geodemo.load({folder})") -> Path:
-    """Local folder holding `files` of a hub repository: the cached snapshot if complete, else downloaded.
+API_USE = LocalCopyUse(model="geodemo.load('{model}')",
+                       encoders="geodemo.encoders.set_encoder_dir('{encoders}') before geodemo.load",
+                       both="geodemo.encoders.set_encoder_dir('{encoders}') and geodemo.load('{model}')")
+_local_copy_use = API_USE
 
-    Offline (HF_HUB_OFFLINE=1) or when the hub does not answer within `timeout` seconds, raises
-    HubUnavailableError with one sentence (ending with `use`, how to pass the local copy); a repository or
-    file that does not exist says so.
-    """
-    import httpx2
-    from huggingface_hub import HfApi, is_offline_mode, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = list(files)
+def set_local_copy_use(use: LocalCopyUse) -> LocalCopyUse:
+    """Make hub messages say how to pass local copies in `use`'s words (the app and the CLI name their flags);
+    returns the previous setting."""
+    global _local_copy_use
+    previous, _local_copy_use = _local_copy_use, use
+    return previous
+
+
+def _encoder_command(name: str) -> str:
+    from geodemo.encoders.sources import DEFAULT_ENCODER_DIR, ENCODER_SOURCES
+
+    source = ENCODER_SOURCES[name]
+    return download_command(source.repo_id, source.files, f"{DEFAULT_ENCODER_DIR}/{source.folder}")
+
+
+def model_advice(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> str:
+    """What to run on a connected machine for a hub model, and how to pass the copies: for a released model
+    its image encoder's download too."""
+    from geodemo.encoders.sources import DEFAULT_ENCODER_DIR, ENCODER_SOURCES
+
+    local, use = repo_id.split("/")[-1], _local_copy_use
+    official = official_model(repo_id)
+    if official is None or official.encoder not in ENCODER_SOURCES:
+        return (f"on a connected machine run `{download_command(repo_id, files)}`, copy that folder here and pass its "
+                f"path: {use.model.format(model=local)}")
+    label = ENCODER_SOURCES[official.encoder].label
+    return (f"on a connected machine run `{download_command(repo_id, files)}` and, for its image encoder "
+            f"({label}), `{_encoder_command(official.encoder)}`, copy both folders here and pass them: "
+            f"{use.both.format(model=local, encoders=DEFAULT_ENCODER_DIR)}")
+
+
+def encoder_advice(name: str) -> str:
+    """What to run on a connected machine for a released image encoder, and how to pass the copy."""
+    from geodemo.encoders.sources import DEFAULT_ENCODER_DIR
+
+    return (f"on a connected machine run `{_encoder_command(name)}`, copy the folder {DEFAULT_ENCODER_DIR!r} here "
+            f"and pass it: {_local_copy_use.encoders.format(encoders=DEFAULT_ENCODER_DIR)}")
+
+
+def cached(repo_id: str, files: tuple[str, ...], cache_dir: str | Path | None = None,
+           revision: str | None = None) -> Path | None:
+    """The Hugging Face cache's snapshot of a repository (the revision `main` points to, as preload_from_hub and
+    every download leave it) when it holds every one of `files`, else None. Never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
     try:
-        cached = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=list(files),
                                         local_files_only=True))
-        if all(any(cached.glob(f)) for f in files):
-            return cached
     except (LocalEntryNotFoundError, EntryNotFoundError, OSError):
-        pass
+        return None
+    return folder if all(any(folder.glob(f)) for f in files) else None
+
+
+def _model_info(repo_id: str, revision: str | None, timeout: float, advice: str):
+    """The hub's answer about a repository, or HubUnavailableError (offline, unreachable, no such model)."""
+    import httpx2
+    from huggingface_hub import HfApi, is_offline_mode
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    def unreachable(why: str) -> HubUnavailableError:
+        return HubUnavailableError(f"Cannot load {repo_id!r}: {why} and it is not in the local Hugging Face cache; "
+                                   f"{advice}.", reason=why)
+
     if is_offline_mode():
-        raise _unreachable(repo_id, "the Hugging Face hub is switched off here (HF_HUB_OFFLINE=1)", files, use)
+        raise unreachable("the Hugging Face hub is switched off here (HF_HUB_OFFLINE=1)")
     try:
-        info = HfApi().model_info(repo_id, revision=revision, timeout=timeout)
+        return HfApi().model_info(repo_id, revision=revision, timeout=timeout)
     except RepositoryNotFoundError:
         raise HubUnavailableError(
             f"Cannot load {repo_id!r}: no such model on the Hugging Face hub (or it is private); "
-            f"check the id (released models: {', '.join(m.hub_id for m in official_models()[:6])}) or pass a local folder."
-        ) from None
+            f"check the id (released models: {', '.join(m.hub_id for m in official_models()[:6])}) or pass a local folder.",
+            reason=f"the Hugging Face hub has no model {repo_id!r}") from None
     except (httpx2.TransportError, HfHubHTTPError, OSError) as err:
-        raise _unreachable(repo_id, f"the Hugging Face hub is unreachable ({type(err).__name__})", files, use) from None
+        raise unreachable(f"the Hugging Face hub is unreachable ({type(err).__name__})") from None
+
+
+def unreachable_reason(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """None when the hub answers about `repo_id` within `timeout` seconds, else why not, in a few words."""
+    try:
+        _model_info(repo_id, None, timeout, advice="")
+    except HubUnavailableError as err:
+        return err.reason
+    return None
+
+
+def download(repo_id: str, files: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE), cache_dir: str | Path | None = None,
+             revision: str | None = None, timeout: float = HUB_TIMEOUT_S, advice: str | None = None) -> Path:
+    """Local folder holding `files` of a hub repository: the cached snapshot if complete, else downloaded.
+
+    Offline (HF_HUB_OFFLINE=1) or when the hub does not answer within `timeout` seconds, raises
+    HubUnavailableError with one sentence ending with `advice` (default: model_advice, how to fetch and pass
+    local copies); a repository or file that does not exist says so.
+    """
+    import httpx2
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    found = cached(repo_id, files, cache_dir=cache_dir, revision=revision)
+    if found is not None:
+        return found
+    info = _model_info(repo_id, revision, timeout, advice or model_advice(repo_id, files))
     present = {s.rfilename for s in info.siblings or []}
-    missing = [f for f in patterns if not any(Path(p).match(f) for p in present)]
+    missing = [f for f in files if not any(Path(p).match(f) for p in present)]
     if missing:
         raise MissingFilesError(f"Cannot load {repo_id!r}: the hub repository has no {missing} (it holds {sorted(present)}).")
     try:
-        return Path(snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, allow_patterns=patterns,
+        return Path(snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, allow_patterns=list(files),
                                       etag_timeout=timeout))
     except (httpx2.TransportError, HfHubHTTPError, OSError) as err:
         raise HubUnavailableError(

@@ -66,8 +66,27 @@ def test_offline_and_not_cached_is_one_clear_sentence(hub_cache):
     message = str(err.value)
     assert time.perf_counter() - start < 5
     assert "nicolas-dufour/PLONK_YFCC" in message and "HF_HUB_OFFLINE" in message
-    assert "hf download nicolas-dufour/PLONK_YFCC" in message and "geodemo.load('PLONK_YFCC')" in message
+    assert "`hf download nicolas-dufour/PLONK_YFCC config.json model.safetensors --local-dir PLONK_YFCC`" in message
+    # the image encoder must be fetched too, and both copies passed as an API user passes them
+    assert "`hf download timm/vit_large_patch14_reg4_dinov2.lvd142m model.safetensors --local-dir encoders/dinov2-reg`" in message
+    assert "geodemo.encoders.set_encoder_dir('encoders') and geodemo.load('PLONK_YFCC')" in message
     assert message.count(". ") == 0 and "\n" not in message
+
+
+def test_the_message_names_the_flags_of_the_app_and_the_cli(hub_cache):
+    import app
+    from geodemo import cli
+
+    for use, words in ((app.LOCAL_COPIES, "`python app.py --model PLONK_OSV_5M --encoder-dir encoders`"),
+                       (cli.LOCAL_COPIES, "`geodemo predict IMAGE --model PLONK_OSV_5M --encoder-dir encoders`")):
+        previous = hub.set_local_copy_use(use)
+        try:
+            with pytest.raises(hub.HubUnavailableError) as err:
+                geodemo.load("nicolas-dufour/PLONK_OSV_5M", device="cpu")
+        finally:
+            hub.set_local_copy_use(previous)
+        assert words.strip("`") in str(err.value) and "geodemo.load" not in str(err.value)
+        assert "`hf download geolocal/StreetCLIP config.json pytorch_model.bin --local-dir encoders/StreetCLIP`" in str(err.value)
 
 
 def test_unreachable_hub_is_one_clear_sentence(hub_cache, monkeypatch):
@@ -77,8 +96,9 @@ def test_unreachable_hub_is_one_clear_sentence(hub_cache, monkeypatch):
         raise httpx2.ConnectError("Name or service not known")
 
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", refuse)
-    with pytest.raises(CheckpointError, match=r"hub is unreachable \(ConnectError\).*pass its path"):
+    with pytest.raises(CheckpointError, match=r"hub is unreachable \(ConnectError\).*pass them"):
         geodemo.load("nicolas-dufour/PLONK_OSV_5M", device="cpu")
+    assert hub.unreachable_reason("nicolas-dufour/PLONK_OSV_5M") == "the Hugging Face hub is unreachable (ConnectError)"
 
 
 def test_cached_hub_model_loads_offline_with_its_process_and_encoder(hub_cache):

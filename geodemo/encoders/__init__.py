@@ -30,6 +30,12 @@ def available_encoders() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def forget_built(*names: str) -> None:
+    """Drop built encoders so that the next get_encoder builds them again (after their weights' source changed)."""
+    for name in names:
+        _CACHE.pop(name, None)
+
+
 def get_encoder(name: str) -> Encoder:
     """The encoder registered as `name`, built once and cached."""
     if name not in _FACTORIES:
@@ -50,6 +56,7 @@ register_encoder("efficientnet_lite0", _efficientnet_lite0)
 
 # The encoders of the authors' released models: built on first use, nothing is downloaded here.
 from geodemo.encoders.dinov2 import dinov2_encoder  # noqa: E402
+from geodemo.encoders.sources import set_encoder_dir  # noqa: E402,F401  (geodemo.encoders.set_encoder_dir)
 from geodemo.encoders.street_clip import street_clip_encoder  # noqa: E402
 
 register_encoder("street_clip", street_clip_encoder)

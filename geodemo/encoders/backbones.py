@@ -75,11 +75,15 @@ class BackboneEncoder:
             self._built = (model.eval().requires_grad_(False), preprocess)
         return self._built
 
+    def to(self, device: torch.device | str) -> BackboneEncoder:
+        """Build the weights (on first use) and move them to `device`, encoding nothing."""
+        self.built()[0].to(device)
+        return self
+
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
         """(B, dim) float32 embeddings, batch_size images per forward pass, returned on the CPU."""
-        model, preprocess = self.built()
-        model = model.to(device)
+        model, preprocess = self.to(device).built()
         out = []
         for i in range(0, len(images), self.batch_size):
             pixels = torch.stack([preprocess(im) for im in images[i:i + self.batch_size]]).to(device)

@@ -12,9 +12,9 @@ from functools import partial
 from pathlib import Path
 
 from geodemo.encoders.backbones import BackboneEncoder, square_crop_preprocess, timm_encoder
+from geodemo.encoders.sources import encoder_files
 
 TIMM_MODEL = "vit_large_patch14_reg4_dinov2.lvd142m"
-HUB_REPO = "timm/vit_large_patch14_reg4_dinov2.lvd142m"
 WEIGHTS_FILE = "model.safetensors"
 IMAGE_SIZE = 336
 DIM = 1024
@@ -22,15 +22,10 @@ DIM = 1024
 
 def dinov2_encoder(weights: str | Path | None = None) -> BackboneEncoder:
     """The 1024-d DINOv2-reg encoder; weights: a local timm-format model.safetensors (or a folder holding one),
-    else timm's hub repository, fetched (or read from the cache) when the encoder is first used."""
+    else, when the encoder is first used, the encoder directory's copy, the cache's or timm's hub repository's
+    (geodemo.encoders.sources)."""
     if weights is not None and Path(weights).is_dir():
         weights = Path(weights) / WEIGHTS_FILE
     return timm_encoder("dinov2_vitl14_reg", TIMM_MODEL, DIM, img_size=IMAGE_SIZE,
-                        weights=weights if weights is not None else _download,
+                        weights=weights if weights is not None else lambda: encoder_files("dinov2_vitl14_reg") / WEIGHTS_FILE,
                         preprocess=partial(square_crop_preprocess, size=IMAGE_SIZE))
-
-
-def _download() -> Path:
-    from geodemo.hub import download
-
-    return download(HUB_REPO, files=(WEIGHTS_FILE,), use='register_encoder("dinov2_vitl14_reg", lambda: dinov2_encoder({folder}))') / WEIGHTS_FILE

@@ -84,10 +84,11 @@ class EfficientNetLite0Encoder:
     def __init__(self) -> None:
         self.model = build_model()
 
-    def _to(self, device: torch.device | str) -> torch.nn.Module:
+    def to(self, device: torch.device | str) -> EfficientNetLite0Encoder:
+        """Move the weights to `device` (encoding nothing)."""
         if next(self.model.parameters()).device != torch.device(device):
             self.model = self.model.to(device)
-        return self.model
+        return self
 
     @torch.no_grad()
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ class EfficientNetLite0Encoder:
         """
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must have shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        model = self._to(pixels.device)
+        model = self.to(pixels.device).model
         if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
                                    align_corners=False)
@@ -107,7 +108,7 @@ class EfficientNetLite0Encoder:
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (B, 1000) of (B, 3, 224, 224) pixels in [0, 1] (a check that the weights are right)."""
-        model = self._to(pixels.device)
+        model = self.to(pixels.device).model
         return model((pixels.float() - 0.5) / 0.5)
 
     def embed(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from geodemo.encoders.backbones import BackboneEncoder, Preprocess, clip_preprocess
+from geodemo.encoders.sources import ENCODER_SOURCES, encoder_files
 
-STREET_CLIP_REPO = "geolocal/StreetCLIP"
 OPEN_CLIP_MODEL = "ViT-L-14-336-quickgelu"
 """open_clip's name for the same architecture (OpenAI's CLIP ViT-L/14 at 336 px, QuickGELU)."""
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_FILES = ENCODER_SOURCES["street_clip"].weights
 _PREFIX = "vision_model."
 _TEXT_KEYS = ("text_model.", "text_projection", "logit_scale")
 
@@ -126,23 +126,14 @@ def read_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def street_clip_encoder(folder: str | Path | None = None, preprocess: Preprocess | None = None) -> BackboneEncoder:
-    """The StreetCLIP encoder (1024-d); weights from a local transformers CLIP folder, else the hub (cached)."""
+    """The StreetCLIP encoder (1024-d); weights from a local transformers CLIP folder, else, when first used, the
+    encoder directory's copy, the cache's or the hub's (geodemo.encoders.sources)."""
 
     def build() -> tuple[nn.Module, Preprocess]:
-        source = folder if folder is not None else _download()
+        source = folder if folder is not None else encoder_files("street_clip")
         vision_config, state = read_folder(source)
         size = vision_config["image_size"]
         return load_converted(vision_config, state), preprocess or partial(clip_preprocess, size=size)
 
     return BackboneEncoder("street_clip", 1024, build)
 
-
-def _download() -> Path:
-    """The cached or downloaded StreetCLIP folder: config.json + model.safetensors, else pytorch_model.bin."""
-    from geodemo.hub import MissingFilesError, download
-
-    use = 'register_encoder("street_clip", lambda: street_clip_encoder({folder}))'
-    try:
-        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[0]), use=use)
-    except MissingFilesError:
-        return download(STREET_CLIP_REPO, files=("config.json", _WEIGHT_FILES[1]), use=use)
