@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from geodemo.network import GeoDenoiser, NetworkConfig
 
@@ -50,18 +50,23 @@ def save_checkpoint(folder: str | Path, network: GeoDenoiser, process: str, sche
 
 
 def read_info(folder: str | Path) -> CheckpointInfo:
-    """Parse config.json of a checkpoint folder."""
+    """Parse config.json of a checkpoint folder; CheckpointError (one sentence) when it is missing or damaged."""
     path = Path(folder) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {CONFIG_FILE}: a model folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
-    missing = [k for k in ("dim", "depth", "cond_dim") if k not in config]
-    if not isinstance(config, dict) or missing:
-        raise CheckpointError(f"{path} is not a PLONK network config (missing {missing or 'fields'})")
-    extra = dict(config.get("geodemo") or {})
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        raise CheckpointError(f"{path} is damaged: it is not readable JSON ({_first_line(err)})") from None
+    missing = [k for k in ("dim", "depth", "cond_dim") if k not in config] if isinstance(config, dict) else ["fields"]
+    if missing:
+        raise CheckpointError(f"{path} is not a PLONK network config (missing {', '.join(missing)})")
+    sizes = {k: config[k] for k in NetworkConfig.__dataclass_fields__ if k in config}
+    wrong = [f"{k}={v!r}" for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    if wrong:
+        raise CheckpointError(f"{path} is damaged: network sizes must be positive whole numbers ({', '.join(wrong)})")
+    extra = config.get("geodemo") if isinstance(config.get("geodemo"), dict) else {}
+    extra = dict(extra)
     return CheckpointInfo(
         network=NetworkConfig.from_dict(config),
         process=extra.pop("process", None),
@@ -72,25 +77,44 @@ def read_info(folder: str | Path) -> CheckpointInfo:
 
 
 def load_network(folder: str | Path, info: CheckpointInfo | None = None) -> GeoDenoiser:
-    """Build the network from config.json and load model.safetensors, checking every name and shape."""
+    """Build the network from config.json and load model.safetensors, checking every name and shape before any
+    weight is allocated, and that every weight is finite. A damaged or truncated file is a one-sentence
+    CheckpointError."""
     info = info or read_info(folder)
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in GeoDenoiser(info.network).state_dict().items()}
     try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from None
+        with safe_open(str(path), framework="pt") as weights:
+            found = {k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()}
+            _check_layout(path, expected, found)
+            state = {k: weights.get_tensor(k) for k in expected}
+    except CheckpointError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is damaged or truncated: it is not a readable safetensors file "
+                              f"({_first_line(err)})") from None
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path} is damaged: {', '.join(broken[:3])} hold non-finite values")
     network = GeoDenoiser(info.network)
-    expected = network.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path} does not match the network in {CONFIG_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
-    if wrong:
-        raise CheckpointError(f"{path} has tensors of the wrong shape: {wrong[:3]}")
     network.load_state_dict({k: v.float() for k, v in state.items()})
     return network.eval().requires_grad_(False)
+
+
+def _check_layout(path: Path, expected: dict[str, tuple], found: dict[str, tuple]) -> None:
+    """The file's tensor names and shapes against the network that config.json describes."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path} does not match the network in {CONFIG_FILE}: "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    wrong = [f"{k} {found[k]} != {shape}" for k, shape in expected.items() if found[k] != shape]
+    if wrong:
+        raise CheckpointError(f"{path} has tensors of the wrong shape: {', '.join(wrong[:3])}")
+
+
+def _first_line(err: Exception) -> str:
+    """An exception's message on one line, without a trailing period (it sits inside a sentence)."""
+    return (" ".join(str(err).split()) or type(err).__name__).rstrip(".")

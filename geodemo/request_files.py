@@ -59,7 +59,7 @@ class _File:
 
 
 def _files(root: Path) -> list[_File]:
-    """Every regular file under root (links are not followed), with size and last change (ctime)."""
+    """Every regular file under root (links are not followed), with size and last modification."""
     found, folders = [], [str(root)]
     while folders:
         try:
@@ -72,7 +72,7 @@ def _files(root: Path) -> list[_File]:
                     folders.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
-                    found.append(_File(entry.path, info.st_size, info.st_ctime))
+                    found.append(_File(entry.path, info.st_size, info.st_mtime))
             except OSError:
                 continue
     return found
