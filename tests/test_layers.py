@@ -26,7 +26,8 @@ CORE = {"geodemo.sphere", "geodemo.grids", "geodemo.schedules", "geodemo.network
 """The core modules and packages (a package stands for its submodules too); `geodemo` itself (its __init__,
 what `import geodemo` runs) is core as well."""
 SERVES_PEOPLE = {"geodemo.service", "geodemo.interactive", "geodemo.images", "geodemo.summary", "geodemo.places",
-                 "geodemo.examples", "geodemo.plotting", "geodemo.cli", "geodemo.__main__", "geodemo.space", "app"}
+                 "geodemo.examples", "geodemo.plotting", "geodemo.cli", "geodemo.__main__", "geodemo.space",
+                 "geodemo.batch_predict", "app"}
 PEOPLE_LIBRARIES = {"gradio", "plotly", "matplotlib", "cartopy"}
 """Drawing and UI libraries: the core computes, the layer above draws."""
 TRAINING = {"training", "benchmarks", "webdataset", "yaml", "tqdm", "mpl_toolkits"}
