@@ -157,3 +157,21 @@ def test_tar_reader_matches_webdataset_grouping(tmp_path):
     assert [k for k, _ in samples] == ["000000000", "000000001", "000000002"]
     assert all(sorted(m) == [f"{KEY}.npy", "json"] for _, m in samples)
     assert list_inputs(str(tmp_path / "{000000..000000}.tar"))[0].tar == str(tmp_path / "000000.tar")
+
+
+@pytest.mark.slow
+def test_evaluate_on_two_ranks_prints_the_single_process_table(reference, tmp_path):
+    shards, _ = reference
+    args = ["training/evaluate.py", str(ROOT / "assets" / "earth-rfm"), str(shards), "--steps", "4",
+            "--samples-per-image", "2", "--likelihood-images", "17", "--localizability-samples", "2",
+            "--ode-method", "rk4", "--ode-steps", "4", "--prdc-images", "20", "--batch-size", "4", "--device", "cpu"]
+    one = subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one.json")], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", *args,
+                          "--output", str(tmp_path / "two.json")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
+    first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert second.pop("ranks") == 2 and first.pop("ranks") == 1
+    assert first == second and first["images"] == 30 and first["likelihood_images"] == 17
+    assert "GeoScore" in two.stdout and "NLL" in two.stdout
