@@ -15,6 +15,7 @@ import os
 import sys
 from typing import Sequence, TextIO
 
+from geodemo.batch_predict import add_predict_shards_parser
 from geodemo.encoders.sources import ENCODER_DIR_ENV, set_encoder_dir
 from geodemo.hub import LocalCopyUse, set_local_copy_use
 from geodemo.images import ImageError
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how many samples get an exact log-density (the best guess is the best of them)")
     predict.add_argument("--no-likelihood", action="store_true",
                          help="skip the log-densities: faster, the best guess is then the densest sample")
+    add_predict_shards_parser(commands)
     return parser
 
 
@@ -93,6 +95,8 @@ def run_predict(args: argparse.Namespace, out: TextIO) -> int:
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     args = build_parser().parse_args(argv)
+    if args.command == "predict-shards":
+        return args.run(args, out or sys.stdout)
     previous = set_local_copy_use(LOCAL_COPIES)
     try:
         return run_predict(args, out or sys.stdout)
