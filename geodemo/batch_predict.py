@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import sys
 import tarfile
 import time
@@ -170,11 +172,9 @@ def list_inputs(spec: str, images_per_shard: int = 1000, image_column: str = "im
         if not files:
             raise FileNotFoundError(f"{spec} holds no .tar shards and no image files")
         return _parts([Item(str(p.relative_to(path)), image=str(p)) for p in files], images_per_shard)
-    import glob as globbing
-
     paths = []
-    for part in (p for p in spec.split(",") if p):
-        found = sorted(globbing.glob(part)) if any(c in part for c in "*?[") else _brace_expand(part)
+    for part in (p for p in re.split(r",(?![^{]*})", spec) if p):  # commas outside {a,b}
+        found = sorted(glob.glob(part)) if any(c in part for c in "*?[") else _brace_expand(part)
         if not found:
             raise FileNotFoundError(f"no shards found at {part!r}")
         paths += found
