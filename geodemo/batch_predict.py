@@ -258,7 +258,8 @@ def predict_embeddings(pipe: GeoPipeline, emb: torch.Tensor, keys: Sequence[str]
     if emb.shape[0] == 0:
         n = settings.num_samples
         return {"samples": torch.zeros(0, n, 2, dtype=torch.float64), "best": torch.zeros(0, 2, dtype=torch.float64),
-                "log_density": torch.zeros(0, dtype=torch.float64), "localizability": torch.zeros(0, dtype=torch.float64)}
+                "log_density": torch.zeros(0, dtype=torch.float64),
+                "localizability": torch.zeros(0, dtype=torch.float64)}
     noise = key_noise(pipe, keys, settings.num_samples, settings.seed)
     samples, best, best_logp, local = [], [], [], []
     for start in range(0, emb.shape[0], batch_size):
@@ -417,7 +418,8 @@ def write_manifest(output: Path, shards: list[Shard], settings: Settings, ranks:
                         "result": result.name, "rows": rows})
     images = sum(r["images"] for r in ranks)
     slowest = max(r["seconds"] for r in ranks)
-    manifest = {"settings": asdict(settings), "shards": entries, "complete": all(e["rows"] is not None for e in entries),
+    manifest = {"settings": asdict(settings), "shards": entries,
+                "complete": all(e["rows"] is not None for e in entries),
                 "last_run": {"ranks": ranks, "images": images, "seconds": slowest,
                              "images_per_s": images / slowest if slowest > 0 else 0.0}}
     _atomic_write(output / MANIFEST, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
@@ -448,7 +450,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ode-method", default="dopri5", help="torchdiffeq solver of the log-density")
     p.add_argument("--ode-tol", type=float, default=1e-5, help="atol = rtol of adaptive solvers")
     p.add_argument("--ode-steps", type=int, help="steps of fixed-step solvers (euler, midpoint, rk4)")
-    p.add_argument("--embedding-key", help="embedding member <key>.NAME.npy of embedding shards (default: the only one)")
+    p.add_argument("--embedding-key",
+                   help="embedding member <key>.NAME.npy of embedding shards (default: the only one)")
     p.add_argument("--save-samples", action="store_true", help="also write <shard>.samples.npy, (B, N, 2) degrees")
     p.add_argument("--batch-size", type=int, default=256, help="images per network batch")
     p.add_argument("--images-per-shard", type=int, default=1000, help="for a folder or CSV of images")
@@ -482,7 +485,8 @@ def run_predict_shards(args: argparse.Namespace, out: TextIO) -> int:
         if world.size > 1 and dist.is_initialized():
             dist.destroy_process_group()
     if world.rank == 0:
-        print(f"rank 0: {stats['images']} images in {stats['seconds']:.1f} s; results in {args.output}", file=out, flush=True)
+        print(f"rank 0: {stats['images']} images in {stats['seconds']:.1f} s; results in {args.output}", file=out,
+              flush=True)
     return 0
 
 
