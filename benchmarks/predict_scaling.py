@@ -3,10 +3,10 @@
     python benchmarks/predict_scaling.py --gpus 1 2
 
 Writes random embedding shards (8 per network, so that every rank holds whole shards), then runs the real
-command's engine, `torchrun --nproc_per_node=G -m geodemo.batch_predict` (= `geodemo predict-shards`),
-for two networks: the shipped embedded model
-(`default`: dim 256, depth 8) and an official-shape one (dim 512, depth 12, cond 1024, random weights,
-Riemannian flow), each without and with log-densities (`--scored 16` by fixed-step RK4, `--ode-steps 8`).
+command's engine, `torchrun --nproc_per_node=G -m geodemo.batch_predict` (= `geodemo predict-shards`), for
+two networks: the shipped embedded model (`default`: dim 256, depth 8) and an official-shape one (dim 512,
+depth 12, cond 1024, random weights, Riemannian flow), each without and with log-densities (`--scored 16` by
+fixed-step RK4, `--ode-steps 8`).
 The rate is manifest.json's: all images over the slowest rank's time in its shard loop (reading shards,
 sampling, log-densities, writing CSVs; not the start of the processes or the loading of the model).
 FLOP floor: the network's matmul FLOPs per image at the card's FP32 peak (torch's default, no TF32).
