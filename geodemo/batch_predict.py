@@ -384,8 +384,8 @@ def predict_shards(pipe: GeoPipeline, shards: list[Shard], output: str | Path, s
     todo = [s for s in shards if not (output / f"{s.name}.csv").is_file()]
     world.barrier()  # every rank has listed what is done before any rank writes
     mine = todo[world.rank::world.size]
-    log.info("rank %d/%d on %s: %d of %d shards to do (%d already done)", world.rank, world.size, world.device,
-             len(mine), len(todo), len(shards) - len(todo))
+    log.info("rank %d/%d on %s: %d of the %d shards still to do (%d of %d already done)", world.rank, world.size,
+             world.device, len(mine), len(todo), len(shards) - len(todo), len(shards))
     images, start = 0, time.perf_counter()
     for n, shard in enumerate(mine, start=1):
         t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def test_a_killed_run_resumes_to_the_same_results(reference, tmp_path):
     assert not (tmp_path / "manifest.json").exists()
     done = cli(str(shards), "--output", str(tmp_path), *ARGS)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"{6 - finished} of 6 shards to do ({finished} already done)" in done.stderr
+    assert f"{6 - finished} of the {6 - finished} shards still to do ({finished} of 6 already done)" in done.stderr
     assert results(tmp_path) == expected
     assert json.loads((tmp_path / "manifest.json").read_text())["complete"]
 
