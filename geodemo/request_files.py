@@ -1,11 +1,13 @@
 """The app's temporary folder, bounded: per-request downloads and Gradio's cache of uploads and served files.
 
 The folder belongs to one app (Gradio's GRADIO_TEMP_DIR; by default <system temp>/geodemo-app). Each request's
-downloads go into a fresh sub-folder of it, so Gradio serves them without copying. Pruning keeps the folder
-bounded: files older than `max_age_s` go, then the oldest files while the total exceeds `max_bytes`, then the
-empty folders left behind; the files Gradio must keep (example thumbnails, components' initial values) stay.
-Footprint bound: max_bytes + the kept files + what is written between two prunes (one prune per
-`prune_every_s`, run by the next request).
+downloads go into a fresh sub-folder of it, so Gradio serves them without copying. Two cleaners keep it bounded:
+Gradio's own (Blocks(delete_cache=(prune_every_s, max_age_s))) removes the files it tracks once older than
+max_age_s; `RequestFiles.prune` (run by a request at most once per prune_every_s) removes whatever is older than
+max_age_s + prune_every_s (what Gradio no longer tracks, e.g. left by an earlier run), then the oldest files while
+the total exceeds max_bytes, then the empty folders left behind. The files Gradio must keep (example thumbnails,
+components' initial values) stay. Footprint bound: max_bytes + the kept files + what is written between two
+prunes.
 """
 
 from __future__ import annotations
@@ -118,8 +120,8 @@ class RequestFiles:
         return paths
 
     def prune(self, now: float | None = None) -> Footprint | None:
-        """Remove what is older than max_age_s, then the oldest files down to max_bytes, then empty folders.
-        Returns the footprint left, or None when another prune was running."""
+        """Remove what is older than max_age_s + prune_every_s (Gradio had its turn), then the oldest files down
+        to max_bytes, then empty folders. Returns the footprint left, or None when another prune was running."""
         if not self._pruning.acquire(blocking=False):
             return None
         try:
@@ -130,7 +132,7 @@ class RequestFiles:
             total = sum(f.size for f in files)
             left = []
             for f in files:
-                too_old = now - f.changed > self.bounds.max_age_s
+                too_old = now - f.changed > self.bounds.max_age_s + self.bounds.prune_every_s
                 if f.path not in kept and (too_old or total > self.bounds.max_bytes) and _unlink(f.path):
                     total -= f.size
                 else:
