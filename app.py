@@ -168,7 +168,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                     yield gr.skip(), *map_outputs(stage), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
-            raise gr.Error(f"The log-density map could not be computed ({err}); the samples above still stand.") from None
+            reason = err if isinstance(err, ValueError) else type(err).__name__  # e.g. OutOfMemoryError, not its text
+            raise gr.Error(f"The log-density map could not be computed ({reason}); the samples above still stand.") from None
         log.info("request complete in %.2f s", time.perf_counter() - started)
 
     def describe(model_name):
