@@ -173,5 +173,7 @@ def test_evaluate_on_two_ranks_prints_the_single_process_table(reference, tmp_pa
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     first, second = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert second.pop("ranks") == 2 and first.pop("ranks") == 1
-    assert first == second and first["images"] == 30 and first["likelihood_images"] == 17
+    assert first["images"] == 30 and first["likelihood_images"] == 17 and first.keys() == second.keys()
+    for key, value in first.items():  # batches cross shards differently: equal up to float rounding
+        assert second[key] == (pytest.approx(value, rel=1e-6, abs=1e-9) if isinstance(value, float) else value), key
     assert "GeoScore" in two.stdout and "NLL" in two.stdout
