@@ -8,6 +8,7 @@ shared state is the cache of loaded models, filled under a lock.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import dataclass, replace
@@ -21,8 +22,11 @@ from geodemo.checkpoint import CheckpointError
 from geodemo.examples import known_location
 from geodemo.hub import official_model, official_models
 from geodemo.images import LoadedImage, load_image
+from geodemo.paths import ASSETS_DIR
 from geodemo.pipeline import GeoPipeline, Prediction, load
+from geodemo.processes import AmbientProcess
 from geodemo.registry import ModelEntry, lookup, shipped_folder, shipped_models
+from geodemo.sampling import gamma_grid
 from geodemo.summary import Summary, summarize
 
 HUB_MODELS = tuple(m.hub_id for m in official_models())
@@ -32,6 +36,15 @@ PROCESS_LABELS = {
     "diffusion_r3": "Diffusion in R³ (DDIM sampler): points start as Gaussian noise in space and fly onto the globe",
 }
 LIMITS = {"num_samples": (1, 4096), "steps": (1, 250), "guidance": (0.0, 10.0), "seed": (0, 2**31 - 1)}
+DEFAULTS = {"num_samples": 128, "steps": 32, "guidance": 0.0, "seed": 0}
+"""A request's values when the person sets none, in the app and the CLI (README "Defaults"): the drawn samples
+are the model's own distribution (w = 0, also GeoPipeline.predict's default); guidance is a choice, not a default."""
+POINT_GUIDANCE = 2.0
+"""The guidance of the point estimate, drawn in every request beside the samples: PLONK evaluates its
+one-prediction answer at w = 2."""
+GUIDED_CANDIDATES = 32
+"""Guided (w = POINT_GUIDANCE) samples drawn for the best guess; the one of highest log p at w = 0 wins
+(geodemo.summary: the best-guess rule)."""
 DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
 """ODE options for interactive maps: fixed-step RK4 (the tolerance-controlled dopri5 solve is for evaluation)."""
 DENSITY_GUIDANCE = 0.0
@@ -40,7 +53,9 @@ sampling device that sharpens the samples, not a model of p(location | image); i
 MAP_OPTIONS = {"coarse_deg": 20.0, "levels": 5, "max_cells_per_level": 24}
 """The adaptive log-density map of a request: coarse grid spacing (degrees), refinement levels, cells per level."""
 SCORED_SAMPLES = 64
-"""How many samples get an exact log-density (for the best guess and the localizability)."""
+"""How many of the drawn samples get an exact log-density (for the localizability and the downloads)."""
+LATENCY_TABLE = ASSETS_DIR / "app_latency.json"
+"""The default request's measured times per shipped model, written by benchmarks/app_latency.py."""
 Likelihood = Literal["map", "samples", "none"]
 """What a request computes beyond the samples: the progressive map (with the samples' log-densities), the
 log-densities of the scored samples only, or nothing."""
@@ -94,6 +109,16 @@ class Catalogue:
         description = info.metadata.get("description") if info else None
         return (f"**{name}**: {where}{f' — {description}' if description else ''}. "
                 f"Process: {PROCESS_LABELS.get(process, process)}.")
+
+
+def measured_latency(model: str) -> dict | None:
+    """How long the default request took for a shipped model where benchmarks/app_latency.py measured it:
+    {"samples_globe_s", "complete_map_s", "machine", "measured"}; None when not measured."""
+    try:
+        table = json.loads(LATENCY_TABLE.read_text())
+        return {**table["models"][model], "machine": table["machine"], "measured": table["measured"]}
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def make_catalogue(extra: str | None = None) -> Catalogue:
@@ -191,23 +216,22 @@ def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torc
     return pipe.log_density(scored, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
 
 
-def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
-                   guidance: float = DENSITY_GUIDANCE, scored: int | None = SCORED_SAMPLES,
-                   **map_options) -> Iterator[tuple[DensityCells, torch.Tensor]]:
-    """The progressive log-density map of one image: coarse grid, then refinements where the mass is.
+def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, scored: torch.Tensor,
+                   guidance: float = DENSITY_GUIDANCE, **map_options) -> Iterator[tuple[DensityCells, torch.Tensor]]:
+    """The progressive log-density map of one image: coarse grid, then refinements where the mass is and around
+    the (N, 2) samples.
 
-    Yields (cells, log p of the first `scored` samples). The samples ride along in the coarse grid's ODE solve:
-    on a CPU one solve costs about the same for a hundred points or a few hundred.
+    Yields (cells, log p of the (K, 2) `scored` points). The scored points ride along in the coarse grid's ODE
+    solve: on a CPU one solve costs about the same for a hundred points or a few hundred.
     map_options: coarse_deg, levels, max_cells_per_level (defaults: MAP_OPTIONS)."""
     options = density_options(pipe)
-    extra = samples[:scored] if scored else samples
     scored_logp: list[torch.Tensor] = []
 
     def evaluate(latlon: torch.Tensor) -> torch.Tensor:
         if scored_logp:
             return pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **options)[0]
-        both = pipe.log_density(torch.cat((latlon, extra.to(latlon.dtype))), embeddings=embedding, guidance=guidance,
-                                **options)[0]
+        both = pipe.log_density(torch.cat((latlon, scored.to(latlon.dtype))), embeddings=embedding,
+                                guidance=guidance, **options)[0]
         scored_logp.append(both[len(latlon):])
         return both[:len(latlon)]
 
@@ -215,16 +239,40 @@ def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Te
         yield cells, scored_logp[0]
 
 
+def guided_samples(pipe: GeoPipeline, embedding: torch.Tensor, request: Request, samples: torch.Tensor,
+                   count: int = GUIDED_CANDIDATES) -> torch.Tensor:
+    """(G, 2) degrees: the best guess's pool, G = count samples at POINT_GUIDANCE with the request's seed and
+    steps (the first G drawn samples when those were drawn at POINT_GUIDANCE already)."""
+    if request.guidance == POINT_GUIDANCE:
+        return samples[:count]
+    return pipe.predict(embeddings=embedding, num_samples=count, steps=request.steps, guidance=POINT_GUIDANCE,
+                        seed=request.seed).latlon[0].double()
+
+
+def state_labels(pipe: GeoPipeline, steps: int) -> list[str]:
+    """One label per sampler state k = 0..steps: the step, t_k = 1 - k/steps and the noise level there, the
+    noise scale s(gamma) of y = a x0 + s n for the R^3 processes, 1 - gamma (the share of the geodesic from the
+    noise point still to travel) on the sphere."""
+    gammas = gamma_grid(pipe.schedule, steps).double().tolist()
+    ambient = isinstance(pipe.process, AmbientProcess)
+    noise = [pipe.process.signal_and_noise(g)[1] if ambient else 1 - g for g in gammas]
+    name = "noise σ" if ambient else "noise 1 − γ"
+    return [f"step {k} of {steps} · t = {1 - k / steps:.3f} · {name} = {level:.3f}" for k, level in enumerate(noise)]
+
+
 @dataclass
 class Stage:
     """One stage of a request's answer. The first stage carries the samples (N, 2) degrees with their
-    trajectories; later ones add log-densities (`cells`: the map after refinement `level` of `levels`).
-    `summary` is the whole answer so far: best guess, modes, countries, truth and error."""
+    trajectories and the guided samples (G, 2) that the best guess is chosen from; later ones add log-densities
+    (`cells`: the map after refinement `level` of `levels`). `summary` is the whole answer so far: best guess,
+    modes, countries, truth and error."""
 
     samples: torch.Tensor
     summary: Summary
     prediction: Prediction | None = None
+    guided: torch.Tensor | None = None
     sample_log_density: torch.Tensor | None = None
+    guided_log_density: torch.Tensor | None = None
     cells: DensityCells | None = None
     level: int = -1
     levels: int = 0
@@ -232,9 +280,12 @@ class Stage:
 
 
 def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request, likelihood: Likelihood = "map",
-           scored: int = SCORED_SAMPLES, map_options: dict | None = None) -> Iterator[Stage]:
-    """Geolocate one image: yields the samples first, then (likelihood="map") the log-density map level by
-    level, or (likelihood="samples") the scored samples' log-densities. The last stage has final=True.
+           scored: int = SCORED_SAMPLES, map_options: dict | None = None,
+           candidates: int = GUIDED_CANDIDATES) -> Iterator[Stage]:
+    """Geolocate one image: yields the samples (at request.guidance) and the guided samples (at POINT_GUIDANCE,
+    `candidates` of them) first, with a provisional best guess; then (likelihood="map") the log-density map level
+    by level, or (likelihood="samples") the log-densities only, of the first `scored` samples and of the guided
+    samples, which settle the best guess. The last stage has final=True.
 
     Raises geodemo.images.ImageError for a file that is not a usable image, ValueError for bad values."""
     loaded = image if isinstance(image, LoadedImage) else load_image(image)
@@ -243,19 +294,29 @@ def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request,
     prediction = pipe.predict(embeddings=embedding, num_samples=request.num_samples, steps=request.steps,
                               guidance=request.guidance, seed=request.seed, trajectories=True)
     samples = prediction.latlon[0].double()
-    summary = summarize(samples, truth=truth, truth_source=truth_source)
-    yield Stage(samples, summary, prediction=prediction, final=likelihood == "none" or (likelihood == "samples" and scored <= 0))
-    if likelihood == "samples" and scored > 0:
-        logp = sample_log_density(pipe, embedding, samples, limit=scored)
-        yield Stage(samples, summarize(samples, logp, truth=truth, truth_source=truth_source),
-                    sample_log_density=logp, final=True)
+    guided = guided_samples(pipe, embedding, request, samples, candidates) if candidates > 0 else None
+    k = min(max(0, scored), len(samples))
+    points = torch.cat((samples[:k], guided)) if guided is not None else samples[:k]
+
+    def stage(logp: torch.Tensor | None = None, cells: DensityCells | None = None, **fields) -> Stage:
+        drawn = logp[:k] if logp is not None and k else None
+        pool = logp[k:] if logp is not None and guided is not None else None
+        summary = summarize(samples, drawn, cells, truth=truth, truth_source=truth_source, guided=guided,
+                            guided_log_density=pool, sample_guidance=request.guidance,
+                            point_guidance=POINT_GUIDANCE if guided is not None else None)
+        return Stage(samples, summary, guided=guided, sample_log_density=drawn, guided_log_density=pool, cells=cells,
+                     **fields)
+
+    yield stage(prediction=prediction, final=likelihood == "none" or (likelihood == "samples" and not len(points)))
+    if likelihood == "samples" and len(points):
+        yield stage(pipe.log_density(points, embeddings=embedding, guidance=DENSITY_GUIDANCE,
+                                     **density_options(pipe))[0], final=True)
     elif likelihood == "map":
         options = {**MAP_OPTIONS, **(map_options or {})}
-        stage = None
-        for level, (cells, logp) in enumerate(density_stages(pipe, embedding, samples, scored=scored, **options)):
-            stage = Stage(samples, summarize(samples, logp, cells, truth=truth, truth_source=truth_source),
-                          sample_log_density=logp, cells=cells, level=level, levels=options["levels"],
-                          final=level >= options["levels"])
-            yield stage
-        if not stage.final:  # the refinement stopped early: the last map is the answer
-            yield replace(stage, final=True)
+        near = torch.cat((samples, guided)) if guided is not None else samples
+        last = None
+        for level, (cells, logp) in enumerate(density_stages(pipe, embedding, near, points, **options)):
+            last = stage(logp, cells, level=level, levels=options["levels"], final=level >= options["levels"])
+            yield last
+        if not last.final:  # the refinement stopped early: the last map is the answer
+            yield replace(last, final=True)

@@ -10,7 +10,9 @@ import torch
 
 from geodemo.adaptive_density import progressive_density
 from geodemo.places import countries, country_names, nearest_places
-from geodemo.summary import country_odds_from_cells, find_modes, sample_rows, summarize, to_csv, to_geojson
+from geodemo.metrics import kde_scores
+from geodemo.summary import (country_odds_from_cells, export_rows, find_modes, integral_sentence, summarize, to_csv,
+                             to_geojson)
 from geodemo.sphere import latlon_to_xyz
 
 
@@ -64,16 +66,70 @@ def test_summary_best_guess_modes_truth_and_exports():
     assert [round(share, 2) for _, share in modes[:2]] == [0.6, 0.4]
     logp = -((samples - torch.tensor([45.76, 4.84], dtype=torch.float64)) ** 2).sum(-1)
     summary = summarize(samples, logp, truth=(45.76, 4.84))
-    assert summary.best_guess_rule == "highest likelihood"
+    assert summary.best_guess_rule == "highest likelihood" and not summary.provisional
     assert summary.best_guess == tuple(samples[int(logp.argmax())].tolist())
     assert summary.error_km < 30 and summary.geoscore > 4900
     assert summary.modes[0].place.name == "Lyon" and summary.modes[1].place.country == "Japan"
+    assert summary.modes[0].holds_best_guess and not summary.modes[1].holds_best_guess
     assert {c.country for c in summary.countries[:2]} == {"France", "Japan"}
     assert "Lyon" in summary.to_markdown()
-    rows = sample_rows(samples, logp)
+    rows = export_rows(samples, logp, summary, point_guidance=2.0)
     parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
-    assert len(parsed) == 100 and float(parsed[0]["lat"]) == round(float(samples[0, 0]), 6)
-    collection = json.loads(to_geojson(rows, summary))
+    assert [r["kind"] for r in parsed] == ["sample"] * 100 + ["best_guess", "true_location"]
+    assert float(parsed[0]["lat"]) == round(float(samples[0, 0]), 6)
+    best = parsed[100]
+    assert (float(best["lat"]), float(best["lon"])) == tuple(round(v, 6) for v in summary.best_guess)
+    assert float(best["guidance"]) == 2.0 and float(best["error_km"]) == round(summary.error_km, 1)
+    collection = json.loads(to_geojson(rows))
     kinds = [f["properties"]["kind"] for f in collection["features"]]
-    assert kinds.count("sample") == 100 and "best_guess" in kinds and "true_location" in kinds
+    assert kinds.count("sample") == 100 and kinds[-2:] == ["best_guess", "true_location"]
     assert collection["features"][0]["geometry"]["coordinates"] == [rows[0]["lon"], rows[0]["lat"]]
+
+
+def test_the_best_guess_comes_from_the_guided_pool_and_is_provisional_until_scored():
+    """The drawn samples show the distribution; the best guess is chosen among the guided samples: their densest
+    point before the log-densities are known, their highest log-density afterwards."""
+    g = torch.Generator().manual_seed(1)
+    samples = (torch.tensor([30.0, 31.0]) + torch.randn(200, 2, generator=g) * 3).double()
+    guided = torch.tensor([[10.0, 10.0], [30.2, 31.1], [30.25, 31.12], [30.21, 31.09], [-20.0, 150.0]],
+                          dtype=torch.float64)
+    early = summarize(samples, guided=guided, sample_guidance=0.0, point_guidance=2.0)
+    assert early.provisional and early.best_guess_rule == "densest point"
+    assert early.best_guess == tuple(guided[int(kde_scores(guided).argmax())].tolist())
+    assert "provisional" in early.to_markdown() and "5 guided samples (w = 2)" in early.to_markdown()
+    logp = torch.tensor([-5.0, 1.0, 0.5, 0.7, 3.0], dtype=torch.float64)  # the isolated last one is most likely
+    scored = torch.zeros(10, dtype=torch.float64)
+    late = summarize(samples, scored, guided=guided, guided_log_density=logp, sample_guidance=0.0,
+                     point_guidance=2.0, truth=(-20.0, 150.0))
+    assert late.best_guess == (-20.0, 150.0) and late.best_log_density == 3.0 and late.error_km == 0
+    assert late.num_scored == 10 and late.localizability == 0.0
+    assert "highest log-density (w = 0) of 5 guided samples (w = 2)" in late.to_markdown()
+    assert "200 samples drawn at w = 0" in late.to_markdown()
+
+
+def test_modes_are_sorted_by_probability_and_tiny_shares_are_not_listed():
+    """Mode masses from the density can order the modes differently from the sample counts: the list follows
+    the mass, and shares that would print as 0% (modes) or 0.0% (countries) are left out."""
+    g = torch.Generator().manual_seed(2)
+    lyon = torch.tensor([45.76, 4.84]) + torch.randn(70, 2, generator=g) * 0.3
+    tokyo = torch.tensor([35.68, 139.69]) + torch.randn(30, 2, generator=g) * 0.3
+    samples = torch.cat((lyon, tokyo)).double()
+
+    def two_peaks(latlon):  # Tokyo holds 80% of the mass although it has fewer samples
+        return torch.logsumexp(torch.stack((vmf_at(45.76, 4.84, 800.0)(latlon) + math.log(0.2),
+                                            vmf_at(35.68, 139.69, 800.0)(latlon) + math.log(0.8))), 0)
+
+    cells = list(progressive_density(two_peaks, coarse_deg=15.0, levels=4, samples=samples))[-1]
+    summary = summarize(samples, cells=cells)
+    shares = [m.probability for m in summary.modes]
+    assert shares == sorted(shares, reverse=True) and summary.modes[0].place.country == "Japan"
+    inside = 1 - math.exp(-800.0 * (1 - math.cos(500 / 6371.0)))  # vMF mass within 500 km of its centre
+    assert abs(shares[0] - 0.8 * inside) < 0.03 and abs(shares[1] - 0.2 * inside) < 0.03
+    assert all(c.probability >= 0.0005 for c in summary.countries)
+    assert "0.0%" not in summary.to_markdown() and " — 0%" not in summary.to_markdown()
+
+
+def test_the_integral_is_shown_as_a_number_only_near_one():
+    assert integral_sentence(0.993).endswith("0.993 (a density integrates to 1).")
+    far = integral_sentence(0.90)
+    assert "0.90, not 1" in far and "approximate" in far

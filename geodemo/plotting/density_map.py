@@ -16,6 +16,7 @@ from PIL import Image
 
 from geodemo.adaptive_density import DensityCells
 from geodemo.plotting.basemap import use_shipped_cartopy_data
+from geodemo.plotting.globe import END_COLOR, GUESS_COLOR, TRUTH_COLOR
 
 COLORMAP = "magma"
 DYNAMIC_RANGE_NATS = 12.0
@@ -40,7 +41,8 @@ def mass_window(cells: DensityCells, fraction: float = 0.9, min_span_deg: float 
 def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
                        truth: tuple[float, float] | None = None, best_guess: tuple[float, float] | None = None,
                        title: str = "", projection: str = "equal_earth", raster_deg: float = RASTER_DEG,
-                       size: tuple[float, float] = (12.0, 5.2), dpi: int = 100) -> Figure:
+                       size: tuple[float, float] = (12.0, 5.2), dpi: int = 100,
+                       best_guess_label: str = "best guess") -> Figure:
     """World map of log p with a labelled colour bar, coastlines, borders, samples, best guess and truth; beside
     it, a close-up of the region holding 90% of the mass when that region is small."""
     use_shipped_cartopy_data()
@@ -54,7 +56,7 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
     if window:
         panels.append((fig.add_axes((0.645, 0.2, 0.335, 0.72), projection=ccrs.PlateCarree()), window))
     for ax, extent in panels:
-        mesh = _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent)
+        mesh = _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label)
     if cells is not None:
         cax = fig.add_axes((0.2, 0.1, 0.6, 0.03))
         bar = fig.colorbar(mesh, cax=cax, orientation="horizontal", extend="min")
@@ -67,7 +69,7 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
     return fig
 
 
-def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent):
+def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label="best guess"):
     """Density (fixed colour range), coastlines, borders and points on one map axes; returns the mesh."""
     plate = ccrs.PlateCarree()
     mesh = None
@@ -90,14 +92,14 @@ def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent
         grid.top_labels = grid.right_labels = False
     if samples_latlon is not None:
         pts = np.asarray(samples_latlon, dtype=np.float64).reshape(-1, 2)
-        ax.scatter(pts[:, 1], pts[:, 0], s=6, c="#32d7ff", edgecolors="black", linewidths=0.25, transform=plate,
+        ax.scatter(pts[:, 1], pts[:, 0], s=6, c=END_COLOR, edgecolors="black", linewidths=0.3, transform=plate,
                    label=f"samples ({len(pts)})", zorder=5)
-    if best_guess is not None:
-        ax.scatter([best_guess[1]], [best_guess[0]], s=140, marker="*", c="#32d7ff", edgecolors="black",
-                   linewidths=0.8, transform=plate, label="best guess", zorder=6)
+    if best_guess is not None:  # open markers: the samples under them stay visible
+        ax.scatter([best_guess[1]], [best_guess[0]], s=110, marker="D", facecolors="none", edgecolors=GUESS_COLOR,
+                   linewidths=2.0, transform=plate, label=best_guess_label, zorder=6)
     if truth is not None:
-        ax.scatter([truth[1]], [truth[0]], s=180, marker="*", c="#ffd60a", edgecolors="black", linewidths=0.8,
-                   transform=plate, label="true location", zorder=7)
+        ax.scatter([truth[1]], [truth[0]], s=150, marker="o", facecolors="none", edgecolors=TRUTH_COLOR,
+                   linewidths=2.0, transform=plate, label="true location", zorder=7)
     return mesh
 
 

@@ -3,26 +3,38 @@
 The sphere carries Natural Earth colours and coastlines from assets/map/. Trajectories are drawn in R^3
 as the sampler really moves: RFM points slide on the unit sphere; R^3 diffusion and flow points start as
 Gaussian noise in space and converge onto the sphere. Frames x points sent to the browser are capped.
+Each frame is labelled (step, t, noise level) on the slider; the last frame moves the camera onto the region
+holding the samples; the best guess and the true location are open markers that leave the samples visible, and
+every marker can be hidden from the legend.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import sample_colorscale
 import torch
 
 from geodemo.plotting.basemap import coastlines, earth_colors
-from geodemo.sphere import latlon_to_xyz
+from geodemo.sphere import angle_between, latlon_to_xyz
 
 MAX_FRAMES = 33
 MAX_POINTS = 256
-TIME_COLORSCALE = "Plasma"
 SPACE_COLOR = "#0b1020"
-START_COLOR = "#9aa4b8"
-END_COLOR = "#ff3b30"
+START_COLOR = "#8d99ae"
+END_COLOR = "#ff2d55"
+"""The samples' colour: the moving points take it in the last frame."""
+TIME_COLORSCALE = [[0.0, START_COLOR], [0.5, "#b65cff"], [1.0, END_COLOR]]
+"""Progress from noise (0) to sample (1), for the paths and the moving points."""
 TRUTH_COLOR = "#ffd60a"
 GUESS_COLOR = "#32d7ff"
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
+"""Playback speeds offered, as multiples of the figure's frame_ms."""
+SCENE_HALF_WIDTH = 0.5
+"""plotly's scene cube, in camera units, spans [-0.5, 0.5] over an axis range [-reach, reach]."""
+VIEW_TAN = math.tan(math.radians(18.0))
+"""The final view frames the samples' region within 18 degrees of the view axis (plotly's field of view is 45)."""
 
 
 def frame_indices(num_states: int, max_frames: int = MAX_FRAMES) -> np.ndarray:
@@ -67,20 +79,74 @@ def coastline_trace(radius: float = 1.004) -> go.Scatter3d:
                         name="coastlines", showlegend=False)
 
 
-def _points(xyz: np.ndarray, name: str, **marker) -> go.Scatter3d:
-    return go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=name, marker=marker)
+def _points(xyz: np.ndarray, name: str, visible: bool | str = True, **marker) -> go.Scatter3d:
+    return go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="markers", name=name, marker=marker,
+                        visible=visible)
 
 
-def _latlon_point(latlon: tuple[float, float], radius: float = 1.02) -> np.ndarray:
-    return latlon_to_xyz(torch.tensor([latlon], dtype=torch.float64)).numpy() * radius
+def _latlon_xyz(latlon, radius: float = 1.0) -> np.ndarray:
+    return latlon_to_xyz(torch.as_tensor(np.asarray(latlon, dtype=np.float64)).reshape(-1, 2)).numpy() * radius
+
+
+def _direction(samples_latlon, centre: tuple[float, float] | None) -> torch.Tensor:
+    """The unit vector the camera looks along: the centre (the best guess) when given, else the samples' mean
+    direction, else lat 20, lon 0."""
+    if centre is not None:
+        return latlon_to_xyz(torch.tensor(centre, dtype=torch.float64))
+    if samples_latlon is not None and len(samples_latlon):
+        mean = latlon_to_xyz(torch.as_tensor(np.asarray(samples_latlon, dtype=np.float64))).mean(0)
+        if mean.norm() > 1e-3:
+            return mean / mean.norm()
+    return latlon_to_xyz(torch.tensor([20.0, 0.0], dtype=torch.float64))
+
+
+def region_radius_deg(samples_latlon, centre: tuple[float, float] | None, fraction: float = 0.8) -> float:
+    """Angular radius (degrees) of the cap around the camera's direction (_direction) holding `fraction` of the
+    samples: the region the last frame shows."""
+    if samples_latlon is None or not len(samples_latlon):
+        return 90.0
+    direction = _direction(samples_latlon, centre)
+    xyz = latlon_to_xyz(torch.as_tensor(np.asarray(samples_latlon, dtype=np.float64)).reshape(-1, 2))
+    return float(torch.quantile(angle_between(xyz, direction[None]), fraction).rad2deg())
+
+
+def camera_eye(samples_latlon, centre: tuple[float, float] | None, reach: float, zoom: bool) -> dict:
+    """plotly camera eye looking at the centre: from afar (the whole hemisphere), or (zoom) from the distance D at
+    which the region holding the samples (region_radius_deg, at least 4 degrees) fills the view,
+    D = cos(a) + sin(a) / tan(view) in Earth radii, scaled to camera units."""
+    overview = 3.9
+    if zoom and samples_latlon is not None and len(samples_latlon):
+        a = math.radians(min(90.0, max(4.0, region_radius_deg(samples_latlon, centre))))
+        distance = min(overview, math.cos(a) + math.sin(a) / VIEW_TAN)
+    else:
+        distance = overview
+    x, y, z = (_direction(samples_latlon, centre) * distance * SCENE_HALF_WIDTH / reach).tolist()
+    return {"x": x, "y": y, "z": z}
+
+
+def _color_at(progress: float) -> str:
+    """The colour of TIME_COLORSCALE at progress in [0, 1] (linear between its stops)."""
+    stops = [(p, np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)) for p, c in TIME_COLORSCALE]
+    for (p0, c0), (p1, c1) in zip(stops[:-1], stops[1:]):
+        if progress <= p1:
+            r, g, b = (c0 + (c1 - c0) * (progress - p0) / (p1 - p0)).round().astype(int)
+            return f"#{r:02x}{g:02x}{b:02x}"
+    return TIME_COLORSCALE[-1][1]
+
+
+def _play(frame_ms: float) -> dict:
+    return {"frame": {"duration": frame_ms, "redraw": True}, "fromcurrent": True, "transition": {"duration": 0}}
 
 
 def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, samples_latlon=None,
                  truth: tuple[float, float] | None = None, best_guess: tuple[float, float] | None = None,
-                 process_name: str = "", max_frames: int = MAX_FRAMES, max_points: int = MAX_POINTS,
-                 frame_ms: int = 90, seed: int = 0) -> go.Figure:
-    """Globe figure. trajectory_xyz: (S + 1, N, 3) sampler states in R^3 for one image, noise first.
-    Sends at most max_frames frames of at most max_points points (a fixed random subset, chosen by seed)."""
+                 title: str = "", max_frames: int = MAX_FRAMES, max_points: int = MAX_POINTS,
+                 frame_ms: int = 90, seed: int = 0, state_labels: list[str] | None = None, guided_latlon=None,
+                 best_guess_name: str = "best guess", revision: str = "globe") -> go.Figure:
+    """Globe figure. trajectory_xyz: (S + 1, N, 3) sampler states in R^3 for one image, noise first, with
+    state_labels (S + 1 strings: step, t, noise level) for the slider. Sends at most max_frames frames of at most
+    max_points points (a fixed random subset, chosen by seed). guided_latlon: the guided samples the best guess
+    was chosen from (hidden until picked in the legend). revision: a new value resets the user's camera."""
     traces = [sphere_mesh(), coastline_trace()]
     frames, sliders, menus = [], [], []
     reach = 1.15
@@ -89,6 +155,9 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
         if traj.ndim != 3 or traj.shape[-1] != 3:
             raise ValueError(f"trajectory_xyz must have shape (steps + 1, N, 3), got {traj.shape}")
         num_states, n, _ = traj.shape
+        labels = state_labels or [f"step {k} of {num_states - 1}" for k in range(num_states)]
+        if len(labels) != num_states:
+            raise ValueError(f"got {len(labels)} state labels for {num_states} states")
         keep = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_points), replace=False))
         states = frame_indices(num_states, max_frames)
         traj = traj[states][:, keep].round(4)
@@ -103,57 +172,55 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
                   "width": 2, "showscale": True,
                   "colorbar": {"title": {"text": "progress<br>0 = noise<br>1 = sample", "font": {"color": "white"}},
                                "len": 0.5, "thickness": 12, "x": 0.98, "tickfont": {"color": "white"}}},
-            opacity=0.35, hoverinfo="skip", name="paths", showlegend=False))
-        traces.append(_points(traj[0], "noise (start)", size=2.5, color=START_COLOR, opacity=0.7))
-        traces.append(_points(traj[-1], "samples (end)", size=4.5, color=END_COLOR,
-                              line={"color": "white", "width": 1}))
+            opacity=0.3, hoverinfo="skip", name="paths"))
+        traces.append(_points(traj[0], "noise (start)", size=2, color=START_COLOR, opacity=0.6))
+        traces.append(_points(traj[-1], f"samples (end, {n})", size=3.5, color=END_COLOR, opacity=0.9))
         current = len(traces)
-        colors = sample_colorscale(TIME_COLORSCALE, progress.tolist())
-        traces.append(_points(traj[0], "moving points", size=4, color=colors[0]))
+        colors = [_color_at(float(p)) for p in progress]
+        traces.append(_points(traj[0], "moving points", size=3.5, color=colors[0]))
+        start_eye = camera_eye(samples_latlon, best_guess, reach, zoom=False)
+        final_eye = camera_eye(samples_latlon, best_guess, reach, zoom=True)
         for k in range(f):
-            frames.append(go.Frame(name=str(k), traces=[current], data=[go.Scatter3d(
-                x=traj[k, :, 0], y=traj[k, :, 1], z=traj[k, :, 2], marker={"color": colors[k]})]))
-        play = {"frame": {"duration": frame_ms, "redraw": True}, "fromcurrent": True, "transition": {"duration": 0}}
-        menus = [{"type": "buttons", "showactive": False, "x": 0.02, "y": 0.02, "xanchor": "left", "yanchor": "bottom",
+            camera = {0: start_eye, f - 1: final_eye}.get(k)
+            frames.append(go.Frame(
+                name=str(k), traces=[current],
+                data=[go.Scatter3d(x=traj[k, :, 0], y=traj[k, :, 1], z=traj[k, :, 2], marker={"color": colors[k]})],
+                layout={"scene": {"camera": {"eye": camera}}} if camera else None))
+        menus = [{"type": "buttons", "showactive": False, "x": 0.01, "y": 0.02, "xanchor": "left", "yanchor": "bottom",
                   "direction": "left", "bgcolor": "#e5e7eb",
-                  "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, play]},
+                  "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, _play(frame_ms)]},
                               {"label": "❚❚ Pause", "method": "animate",
-                               "args": [[None], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}]}]}]
-        sliders = [{"active": 0, "x": 0.2, "len": 0.78, "y": 0.02, "yanchor": "bottom",
-                    "currentvalue": {"prefix": "sampler step ", "font": {"color": "white"}},
-                    "font": {"color": "white"},
-                    "steps": [{"label": str(int(s)), "method": "animate",
+                               "args": [[None], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}]}]},
+                 {"type": "dropdown", "active": SPEEDS.index(1.0), "x": 0.01, "y": 0.1, "xanchor": "left",
+                  "yanchor": "bottom", "direction": "up", "bgcolor": "#e5e7eb", "showactive": True,
+                  "buttons": [{"label": f"▶ speed {speed:g}×", "method": "animate",
+                               "args": [None, _play(frame_ms / speed)]} for speed in SPEEDS]}]
+        sliders = [{"active": 0, "x": 0.17, "len": 0.8, "y": 0.02, "yanchor": "bottom",
+                    "currentvalue": {"prefix": "", "font": {"color": "white", "size": 13}},
+                    "font": {"color": "rgba(0,0,0,0)"}, "ticklen": 3,
+                    "steps": [{"label": labels[s], "method": "animate",
                                "args": [[str(k)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate"}]}
                               for k, s in enumerate(states)]}]
     elif samples_latlon is not None:
-        pts = latlon_to_xyz(torch.as_tensor(samples_latlon, dtype=torch.float64)).numpy() * 1.01
-        traces.append(_points(pts[:max_points], "samples", size=4.5, color=END_COLOR))
+        pts = _latlon_xyz(samples_latlon, 1.01)
+        traces.append(_points(pts[:max_points], f"samples ({len(pts)})", size=3.5, color=END_COLOR))
+    if guided_latlon is not None and len(guided_latlon):
+        traces.append(_points(_latlon_xyz(guided_latlon, 1.01), f"guided samples ({len(guided_latlon)})",
+                              visible="legendonly", size=3, color=GUESS_COLOR, symbol="x"))
     if best_guess is not None:
-        traces.append(_points(_latlon_point(best_guess), "best guess", size=9, color=GUESS_COLOR, symbol="diamond",
-                              line={"color": "black", "width": 1}))
+        traces.append(_points(_latlon_xyz(best_guess, 1.01), best_guess_name, size=9, color=GUESS_COLOR,
+                              symbol="diamond-open", line={"width": 3}))
     if truth is not None:
-        traces.append(_points(_latlon_point(truth), "true location", size=10, color=TRUTH_COLOR, symbol="diamond",
-                              line={"color": "black", "width": 1}))
+        traces.append(_points(_latlon_xyz(truth, 1.01), "true location", size=11, color=TRUTH_COLOR,
+                              symbol="circle-open", line={"width": 3}))
     axis = {"visible": False, "range": [-reach, reach], "showbackground": False}
-    eye = _camera_eye(samples_latlon, distance=1.7)
-    title = f"Denoising trajectories — {process_name}" if process_name else "Denoising trajectories"
     fig = go.Figure(data=traces, frames=frames)
     fig.update_layout(
-        title={"text": title, "font": {"color": "white", "size": 15}, "x": 0.02},
+        title={"text": title or "Denoising trajectories", "font": {"color": "white", "size": 15}, "x": 0.02},
         paper_bgcolor=SPACE_COLOR, margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=560,
         scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "cube", "bgcolor": SPACE_COLOR,
-               "camera": {"eye": eye}},
-        legend={"font": {"color": "white"}, "x": 0.01, "y": 0.93, "bgcolor": "rgba(0,0,0,0)"},
-        updatemenus=menus, sliders=sliders, uirevision="globe")
+               "camera": {"eye": camera_eye(samples_latlon, best_guess, reach, zoom=trajectory_xyz is None)}},
+        legend={"font": {"color": "white"}, "x": 0.01, "y": 0.93, "bgcolor": "rgba(0,0,0,0)",
+                "title": {"text": "click to show / hide", "font": {"color": "#9aa4b8", "size": 11}}},
+        updatemenus=menus, sliders=sliders, uirevision=revision)
     return fig
-
-
-def _camera_eye(samples_latlon, distance: float) -> dict:
-    """Look at the samples' mean direction (or at lat 20, lon 0) from `distance`."""
-    if samples_latlon is not None and len(samples_latlon):
-        mean = latlon_to_xyz(torch.as_tensor(samples_latlon, dtype=torch.float64)).mean(0)
-        direction = mean / mean.norm() if mean.norm() > 1e-3 else torch.tensor([1.0, 0, 0], dtype=torch.float64)
-    else:
-        direction = latlon_to_xyz(torch.tensor([20.0, 0.0], dtype=torch.float64))
-    x, y, z = (direction * distance).tolist()
-    return {"x": x, "y": y, "z": z}
