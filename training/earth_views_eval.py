@@ -1,11 +1,14 @@
-"""Evaluation of the satellite-view models on held-out Blue Marble views, split by how much land a view shows.
+"""Evaluation of the satellite-view models on held-out views of Earth mosaics, split by how much land a view shows.
 
 For each model: the PLONK table (training/evaluate.py protocol) on all views, on views with >= 20% land,
 on coastline views (20-80% land) and on open-ocean views (< 1% land), plus the prior-only baseline (zero
 embedding, i.e. the unconditional model the guidance uses) on all and on >= 20% land views; and a check
 that exp(log p) integrates to 1 over S^2, by importance sampling (below).
 
-    python -m training.earth_views_eval runs/earth-rfm/model data/earth/heldout --output eval.json
+The held-out shards are named with `{key}` standing for the model's embedding key (its encoder's name), so
+that one command serves models of either encoder; a comma-separated list reads several mosaics' views.
+
+    python -m training.earth_views_eval runs/earth-rfm/model "data/earth/heldout/etopo1/{key}" --steps 32 --output eval.json
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Sequence
 import torch
 
 import geodemo
+from geodemo.checkpoint import read_info
 from geodemo.pipeline import GeoPipeline
 from geodemo.sampling import make_generator
 from geodemo.sphere import (EARTH_RADIUS_KM, LOG_SPHERE_AREA, latlon_to_xyz, sample_uniform, sample_vmf,
@@ -30,7 +34,6 @@ from training.evaluate import evaluate, format_table
 from training.shards import list_shards, read_shards
 
 LOG = logging.getLogger("earth_views_eval")
-ENCODER = "efficientnet_lite0"
 SUBSETS = {
     "all views": lambda land: land >= 0,
     "views with >= 20% land": lambda land: land >= 0.2,
@@ -83,23 +86,25 @@ def total_probability(pipeline: GeoPipeline, embedding: torch.Tensor, num_points
 def evaluate_model(folder: str, heldout: str, steps: int = 250, guidance: float = 2.0, likelihood_images: int = 300,
                    localizability_samples: int = 16, normalisation_views: int = 8, normalisation_points: int = 4096,
                    table: bool = True, batch_size: int = 2048, device: str | None = None,
-                   ode_options: dict | None = None) -> dict:
-    """Every row of the table (unless table=False) for one model folder, plus the normalisation check."""
+                   ode_options: dict | None = None, prior: bool = True) -> dict:
+    """Every row of the table (unless table=False; prior-only rows unless prior=False) for one model folder,
+    plus the normalisation check."""
     pipeline = geodemo.load(folder, device=device)
-    paths = list_shards(heldout)
-    data = read_shards(paths, ENCODER)
+    key = read_info(folder).encoder
+    paths = list_shards(heldout.format(key=key))
+    data = read_shards(paths, key)
     land = read_land_fractions(paths, data.keys)
     ode = ode_options or {}
     rows = {}
     for name, rule in SUBSETS.items() if table else ():
         chosen = rule(land)
-        for prior in (False, True) if name in PRIOR_SUBSETS else (False,):
+        for zeroed in (False, True) if prior and name in PRIOR_SUBSETS else (False,):
             emb = data.embeddings[chosen]
-            row = evaluate(pipeline, torch.zeros_like(emb) if prior else emb, data.latlon[chosen], steps=steps,
-                           guidance=0.0 if prior else guidance, batch_size=batch_size,
+            row = evaluate(pipeline, torch.zeros_like(emb) if zeroed else emb, data.latlon[chosen], steps=steps,
+                           guidance=0.0 if zeroed else guidance, batch_size=batch_size,
                            likelihood_images=likelihood_images, localizability_samples=localizability_samples,
                            ode_options=ode)
-            label = f"prior only, {name}" if prior else name
+            label = f"prior only, {name}" if zeroed else name
             rows[label] = row
             LOG.info("%s\n%s", folder, format_table(row, title=f"{label} ({row['images']} views)"))
     started = time.perf_counter()
@@ -107,7 +112,7 @@ def evaluate_model(folder: str, heldout: str, steps: int = 250, guidance: float 
                                 seed=i, **ode)
               for i in range(normalisation_views)]
     LOG.info("%s: normalisation check on %d views in %.0f s", folder, normalisation_views, time.perf_counter() - started)
-    return {"model": folder, "heldout": heldout, "views": int(len(land)), "rows": rows,
+    return {"model": folder, "heldout": heldout.format(key=key), "views": int(len(land)), "rows": rows,
             "normalisation": {"points_per_view": normalisation_points,
                               "estimates": [t[0] for t in totals], "standard_errors": [t[1] for t in totals],
                               "max_abs_deviation": max((abs(t[0] - 1) for t in totals), default=float("nan"))}}
@@ -118,7 +123,8 @@ def record_evaluation(folder: str | Path, result: dict) -> Path:
     path = Path(folder) / "config.json"
     config = json.loads(path.read_text())
     config.setdefault("geodemo", {})["evaluation"] = {
-        "heldout_views": result["views"], "heldout": "training/earth_views_data.py shards, split seed 1",
+        "heldout_views": result["views"],
+        "heldout": f"training/earth_views_data.py shards, split seed 1: {result['heldout']}",
         "rows": result["rows"], "normalisation": result["normalisation"]}
     path.write_text(json.dumps(config, indent=2, sort_keys=True))
     return path
@@ -141,7 +147,8 @@ def markdown_table(results: Sequence[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Satellite-view models on held-out views, by land fraction.")
     parser.add_argument("models", help="comma-separated model folders")
-    parser.add_argument("heldout", help="held-out view shards (training/earth_views_data.py, split seed 1)")
+    parser.add_argument("heldout", help="held-out view shards (training/earth_views_data.py, split seed 1); "
+                                        "{key} stands for the model's embedding key")
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--likelihood-images", type=int, default=300)
@@ -149,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--normalisation-views", type=int, default=8)
     parser.add_argument("--normalisation-points", type=int, default=4096, help="importance samples per view")
     parser.add_argument("--normalisation-only", action="store_true", help="skip the table")
+    parser.add_argument("--no-prior", action="store_true", help="skip the prior-only rows")
+    parser.add_argument("--ode-method", default="dopri5", help="torchdiffeq method of the likelihood ODE")
+    parser.add_argument("--ode-steps", type=int, help="steps of fixed-step methods (rk4, ...)")
     parser.add_argument("--device")
     parser.add_argument("--output", required=True, help="JSON file for every number")
     parser.add_argument("--record", action="store_true", help="also store the results in each model's config.json")
@@ -158,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     for folder in args.models.split(","):
         result = evaluate_model(folder, args.heldout, args.steps, args.guidance, args.likelihood_images,
                                 args.localizability_samples, args.normalisation_views, args.normalisation_points,
-                                table=not args.normalisation_only, device=args.device)
+                                table=not args.normalisation_only, device=args.device, prior=not args.no_prior,
+                                ode_options={"method": args.ode_method, "steps": args.ode_steps})
         results.append(result)
         if args.record:
             record_evaluation(folder, result)

@@ -45,13 +45,14 @@ def get_encoder(name: str) -> Encoder:
     return _CACHE[name]
 
 
-def _efficientnet_lite0() -> Encoder:
+def _efficientnet_lite0(grid: int = 1) -> Encoder:
     from geodemo.encoders.efficientnet import EfficientNetLite0Encoder
 
-    return EfficientNetLite0Encoder()
+    return EfficientNetLite0Encoder(grid)
 
 
 register_encoder("efficientnet_lite0", _efficientnet_lite0)
+register_encoder("efficientnet_lite0_grid2", lambda: _efficientnet_lite0(grid=2))
 
 
 # The encoders of the authors' released models: built on first use, nothing is downloaded here.

@@ -4,6 +4,7 @@ The wheel's state dict uses efficientnet_pytorch key names; its 296 tensors equa
 `tf_efficientnet_lite0` tensors in order and shape, so they are loaded by position after checking
 every shape and the file's SHA-256. Embedding = global-average-pooled 1280-d features of the last
 stage; inputs are RGB in [0, 1] normalised as (x - 0.5) / 0.5 (the TF-ported Lite models' statistics).
+The `_grid2` variant keeps coarse layout: the 7 x 7 feature map average-pooled to 2 x 2 cells, 4 x 1280-d.
 """
 
 from __future__ import annotations
@@ -75,13 +76,19 @@ def square_crop_resize(image: Image.Image, size: int = INPUT_SIZE) -> torch.Tens
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(size, size, 3).permute(2, 0, 1) / 255.0
 
 
+def pool_grid(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, h, w) feature map -> (B, C * grid^2): average over each of grid x grid cells (adaptive pooling),
+    flattened channel-major; grid 1 is the global average pool."""
+    return F.adaptive_avg_pool2d(features, grid).flatten(1)
+
+
 class EfficientNetLite0Encoder:
-    """Encoder protocol: PIL images -> (B, 1280) pooled ImageNet features; `embed_pixels` for tensors."""
+    """Encoder protocol: PIL images -> (B, 1280 grid^2) pooled ImageNet features; `embed_pixels` for tensors."""
 
-    name = NAME
-    dim = EMBEDDING_DIM
-
-    def __init__(self) -> None:
+    def __init__(self, grid: int = 1) -> None:
+        self.grid = grid
+        self.name = NAME if grid == 1 else f"{NAME}_grid{grid}"
+        self.dim = EMBEDDING_DIM * grid * grid
         self.model = build_model()
 
     def to(self, device: torch.device | str) -> EfficientNetLite0Encoder:
@@ -91,8 +98,8 @@ class EfficientNetLite0Encoder:
         return self
 
     @torch.no_grad()
-    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) RGB in [0, 1] on the model's target device -> (B, 1280) float32 embeddings.
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] on the model's target device -> (B, 1280, 7, 7) last-stage features.
 
         Inputs of another size are resized (bilinear, antialiased) to 224 x 224 first.
         """
@@ -102,8 +109,11 @@ class EfficientNetLite0Encoder:
         if pixels.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
             pixels = F.interpolate(pixels, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True,
                                    align_corners=False)
-        x = (pixels.float() - 0.5) / 0.5
-        return model.forward_head(model.forward_features(x), pre_logits=True).float()
+        return model.forward_features((pixels.float() - 0.5) / 0.5)
+
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, 1280 grid^2) float32 embeddings: `pool_grid` of `feature_map`."""
+        return pool_grid(self.feature_map(pixels), self.grid).float()
 
     @torch.no_grad()
     def classify(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -112,7 +122,7 @@ class EfficientNetLite0Encoder:
         return model((pixels.float() - 0.5) / 0.5)
 
     def embed(self, images: Sequence[Image.Image], device: torch.device | str = "cpu") -> torch.Tensor:
-        """(B, 1280) embeddings of RGB images (centre square crop, 224 x 224)."""
+        """(B, dim) embeddings of RGB images (centre square crop, 224 x 224)."""
         if len(images) == 0:
             raise ValueError("no images to embed")
         pixels = torch.stack([square_crop_resize(image) for image in images]).to(device)

@@ -1,0 +1,77 @@
+"""Leave-one-mosaic-out summary: the held-out-mosaic table of the fold models and the encoder feature that wins.
+
+A fold model is trained on every mosaic outside one family and evaluated (training/earth_views_eval.py) on
+the views of each mosaic of that family; its evaluation lands in <runs>/<family>__<embedding key>/eval-<mosaic>.json.
+The winning embedding key has the smallest median error on held-out land views (>= 20% land), averaged
+over the folds; ties go to the higher acc@750km.
+
+    python -m training.earth_views_folds runs/folds --output runs/folds/summary.json     # table + winner
+    python -m training.earth_views_folds runs/folds --print-best                         # the winner alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+LAND, OCEAN, COAST = "views with >= 20% land", "open-ocean views (< 1% land)", "coastline views (20-80% land)"
+
+
+def read_folds(root: str | Path) -> list[dict]:
+    """One record per (fold, held-out mosaic): family, key, mosaic and the evaluation rows."""
+    records = []
+    for path in sorted(Path(root).glob("*__*/eval-*.json")):
+        family, key = path.parent.name.split("__")
+        for result in json.loads(path.read_text()):
+            records.append({"family": family, "key": key, "mosaic": path.stem[len("eval-"):], "rows": result["rows"],
+                            "views": result["views"]})
+    if not records:
+        raise FileNotFoundError(f"no fold evaluations (<family>__<key>/eval-<mosaic>.json) under {root}")
+    return records
+
+
+def best_key(records: list[dict]) -> str:
+    """The embedding key with the smallest mean (over folds) of the held-out land views' median km."""
+    scores = {}
+    for key in sorted({r["key"] for r in records}):
+        mine = [r["rows"][LAND] for r in records if r["key"] == key]
+        scores[key] = (statistics.mean(m["median_km"] for m in mine), -statistics.mean(m["acc@750km"] for m in mine))
+    return min(scores, key=scores.get)
+
+
+def markdown(records: list[dict]) -> str:
+    """A row per (fold, encoder feature, held-out mosaic, subset): n, GeoScore, median km, acc@200/750/2500,
+    localizability."""
+    lines = ["| held-out family | encoder feature | held-out mosaic | views | n | GeoScore | median km | acc@200km | "
+             "acc@750km | acc@2500km | localizability |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        for subset in (LAND, COAST, OCEAN):
+            row = r["rows"][subset]
+            lines.append(f"| {r['family']} | {r['key']} | {r['mosaic']} | {subset} | {row['images']} | "
+                         f"{row['geoscore']:.0f} | {row['median_km']:.0f} | {row['acc@200km']:.1%} | "
+                         f"{row['acc@750km']:.1%} | {row['acc@2500km']:.1%} | "
+                         f"{row.get('localizability', float('nan')):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Leave-one-mosaic-out table and the winning encoder feature.")
+    parser.add_argument("root", help="folder of <family>__<key>/eval-<mosaic>.json")
+    parser.add_argument("--output", help="JSON file for every record and the winner")
+    parser.add_argument("--print-best", action="store_true", help="print only the winning embedding key")
+    args = parser.parse_args(argv)
+    records = read_folds(args.root)
+    best = best_key(records)
+    if args.output:
+        Path(args.output).write_text(json.dumps({"best_key": best, "folds": records}, indent=1))
+    if args.print_best:
+        print(best)
+        return
+    print(markdown(records))
+    print(f"best encoder feature (median km on held-out land views, mean over folds): {best}")
+
+
+if __name__ == "__main__":
+    main()
