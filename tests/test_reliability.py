@@ -35,7 +35,7 @@ from geodemo.service import Catalogue
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, DIFFUSION, BROKEN = "reliability-model", "reliability-diffusion", "broken-model"
 BOUNDS = TempBounds(max_age_s=3600, max_bytes=3 * 2**20, prune_every_s=0)
-MAP = {"coarse_deg": 45.0, "levels": 4, "max_cells_per_level": 8}
+MAP = {"coarse_deg": 45.0, "levels": 2, "max_cells_per_level": 8}
 UPLOAD_LIMIT = 2**20
 GLOBE_PAYLOAD_BOUND = 2**20
 """The globe JSON of the largest request the app offers (1,024 samples x 250 steps) stays below 1 MiB."""
@@ -186,11 +186,10 @@ def test_two_hundred_requests_leave_a_bounded_temporary_folder(server, client, t
     assert len(folders) <= files + 1  # the folders emptied by pruning go too (after their grace)
 
 
-@pytest.mark.parametrize("model", [MODEL, DIFFUSION])
-def test_the_largest_requests_globe_stays_under_its_bound(client, tmp_path, model):
-    """The globe the app sends for 1,024 samples x 250 steps (R^3 diffusion starts far off the sphere: its
-    numbers are the widest) is drawn from a capped number of frames and points."""
-    updates = stream(client, write_test_image(tmp_path / "ok.jpg"), model=model, samples=1024, steps=250)
+def test_the_largest_requests_globe_stays_under_its_bound(client, tmp_path):
+    """The globe the app sends for 1,024 samples x 250 steps is drawn from a capped number of frames and points
+    (R^3 diffusion: its points start far off the sphere, so its numbers are the widest of the three processes)."""
+    updates = stream(client, write_test_image(tmp_path / "ok.jpg"), model=DIFFUSION, samples=1024, steps=250)
     assert len(updates[0][0]) < GLOBE_PAYLOAD_BOUND
     assert sum(1 for _ in open(updates[0][3])) > 1024  # the downloads keep every sample
 
@@ -236,7 +235,7 @@ def test_a_model_that_runs_out_of_memory_mid_request_leaves_the_server_serving(c
     message = error_of(client, image, density=True)
     assert expected in message and "OutOfMemoryError" in message and one_sentence(message)
     monkeypatch.undo()
-    updates = stream(client, image, density=True)
+    updates = stream(client, image, density=where == "density")
     assert updates[-1][1] and updates[0][3]  # the next request gets its map and its samples
 
 
@@ -260,6 +259,7 @@ def request_outputs(client, image, seed) -> list:
     return [[read(i, v) for i, v in enumerate(update)] for update in stream(client, image, seed=seed, density=True)]
 
 
+@pytest.mark.slow
 def test_two_users_at_once_never_see_each_others_outputs(server, tmp_path):
     users = [(write_test_image(tmp_path / "a.jpg", colour=(230, 40, 30)), 11),
              (write_test_image(tmp_path / "b.jpg", colour=(20, 60, 240)), 22)]
@@ -273,15 +273,14 @@ def test_two_users_at_once_never_see_each_others_outputs(server, tmp_path):
     def user(k):
         own = new_client(server)
         start.wait()
-        for _ in range(2):
-            together[k].append(request_outputs(own, *users[k]))
+        together[k].append(request_outputs(own, *users[k]))
 
     threads = [threading.Thread(target=user, args=(k,)) for k in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert together[0] == [solo[0], solo[0]] and together[1] == [solo[1], solo[1]]
+    assert together[0] == [solo[0]] and together[1] == [solo[1]]
 
 
 ABANDONING_CLIENT = """
