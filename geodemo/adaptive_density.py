@@ -121,18 +121,22 @@ def cells_containing(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor
     return inside.any(dim=1)
 
 
-def touching(bounds: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """(K,) bool: cells that share an edge or a corner with a chosen cell (longitudes wrap at 180)."""
-    target = bounds[chosen]
-    if len(target) == 0:
-        return chosen.clone()
+def touch_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(A, B) bool: whether cells a (A, 4) and b (B, 4) share an edge or a corner (longitudes wrap at 180; cells
+    that reach the same pole meet there)."""
     eps = 1e-9
-    lat_ok = (bounds[:, None, 0] <= target[None, :, 1] + eps) & (bounds[:, None, 1] >= target[None, :, 0] - eps)
+    lat_ok = (a[:, None, 0] <= b[None, :, 1] + eps) & (a[:, None, 1] >= b[None, :, 0] - eps)
     lon_ok = torch.zeros_like(lat_ok)
     for shift in (-360.0, 0.0, 360.0):
-        lon_ok |= ((bounds[:, None, 2] <= target[None, :, 3] + shift + eps)
-                   & (bounds[:, None, 3] >= target[None, :, 2] + shift - eps))
-    return (lat_ok & lon_ok).any(dim=1)
+        lon_ok |= (a[:, None, 2] <= b[None, :, 3] + shift + eps) & (a[:, None, 3] >= b[None, :, 2] + shift - eps)
+    north, south = (a[:, 1] >= 90 - eps), (a[:, 0] <= -90 + eps)
+    poles = (north[:, None] & (b[None, :, 1] >= 90 - eps)) | (south[:, None] & (b[None, :, 0] <= -90 + eps))
+    return (lat_ok & lon_ok) | poles
+
+
+def touching(bounds: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: cells that share an edge or a corner with a chosen cell (touch_matrix)."""
+    return touch_matrix(bounds, bounds[chosen]).any(dim=1)
 
 
 def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Tensor | None,

@@ -11,8 +11,8 @@ torch.set_num_threads(1)
 
 def pytest_configure(config: pytest.Config) -> None:
     """Register the `slow` mark. Slow tests (a toy world trained in the suite, multi-process training, a real
-    browser) run by default and in CI; `pytest -m "not slow"` leaves them out for a quick check."""
-    config.addinivalue_line("markers", "slow: a test that takes tens of seconds (deselect with -m 'not slow')")
+    browser) are left out of the default run (pyproject.toml: -m 'not slow'); `pytest -m slow` runs them, CI both."""
+    config.addinivalue_line("markers", "slow: a test that takes tens of seconds (run them with -m slow)")
 
 
 def random_network(dim: int = 32, depth: int = 2, cond_dim: int = 8, seed: int = 0, scale: float = 1.0) -> GeoDenoiser:
@@ -37,3 +37,15 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache with the hub switched off (HF_HUB_OFFLINE): nothing preloaded, no network."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return cache

@@ -21,8 +21,8 @@ PACKAGE = ROOT / "geodemo"
 
 CORE = {"geodemo.sphere", "geodemo.grids", "geodemo.schedules", "geodemo.network", "geodemo.processes",
         "geodemo.sampling", "geodemo.guidance", "geodemo.likelihood", "geodemo.losses", "geodemo.metrics",
-        "geodemo.checkpoint", "geodemo.pipeline", "geodemo.encoders", "geodemo.adaptive_density", "geodemo.paths",
-        "geodemo.registry", "geodemo.hub"}
+        "geodemo.checkpoint", "geodemo.pipeline", "geodemo.encoders", "geodemo.adaptive_density", "geodemo.regions",
+        "geodemo.paths", "geodemo.registry", "geodemo.hub"}
 """The core modules and packages (a package stands for its submodules too); `geodemo` itself (its __init__,
 what `import geodemo` runs) is core as well."""
 SERVES_PEOPLE = {"geodemo.service", "geodemo.interactive", "geodemo.images", "geodemo.summary", "geodemo.places",
