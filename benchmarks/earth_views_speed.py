@@ -3,7 +3,8 @@
 Usage: python benchmarks/earth_views_speed.py --device cpu --batch 16 --threads 1
        python benchmarks/earth_views_speed.py --device cuda --batch 1024
 Random views (training distribution) of --size pixels; each stage timed separately (median of --repeats,
-after one warm-up), then the whole shard step of training/earth_views_data.py. Prints views per second.
+after one warm-up), then the whole shard step of training/earth_views_data.py (land map, ocean flattening and
+the other augmentations, one encoder pass giving one or both features). Prints views per second.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from geodemo.encoders import get_encoder
 from training.earth_views import augment, land_fraction, random_view_params, render_views
-from training.earth_views_data import shard_views
+from training.earth_views_data import GRIDS, shard_views
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -61,7 +62,11 @@ def main() -> None:
         "augment": lambda: augment(views, torch.Generator().manual_seed(1)),
         "land fraction (64 px)": lambda: land_fraction(p["lat"], p["lon"], p["width_km"], device=device),
         "embed" + (" (bf16)" if device.type == "cuda" else " (fp32)"): embed,
-        "whole shard step": lambda: shard_views(0, 0, args.batch, device=device, batch_size=args.batch, size=args.size),
+        "whole shard step (pooled)": lambda: shard_views(0, 0, args.batch, device=device, batch_size=args.batch,
+                                                         size=args.size),
+        "whole shard step (pooled + 2 x 2 grid)": lambda: shard_views(0, 0, args.batch, device=device,
+                                                                      batch_size=args.batch, size=args.size,
+                                                                      keys=tuple(GRIDS)),
     }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}; batch {args.batch} views of {args.size} x {args.size} px")

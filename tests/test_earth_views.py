@@ -260,8 +260,8 @@ def test_fold_summary_picks_the_feature_with_the_smaller_held_out_land_error(tmp
     from training.earth_views_folds import LAND, best_key, markdown, read_folds
 
     def row(median, acc):
-        return {"images": 10, "geoscore": 1000.0, "median_km": median, "acc@200km": 0.1, "acc@750km": acc,
-                "acc@2500km": 0.9, "localizability": 1.0}
+        return {"images": 10, "geoscore": 1000.0, "median_km": median, "mean_km": median, "acc@200km": 0.1,
+                "acc@750km": acc, "acc@2500km": 0.9, "nll": 0.0, "localizability": 1.0}
 
     for family, key, median in [("f1", "pooled", 900.0), ("f1", "grid", 600.0), ("f2", "pooled", 300.0),
                                 ("f2", "grid", 500.0)]:

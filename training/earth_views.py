@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -328,6 +328,20 @@ def _rescale(images: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def _by_choice(x: torch.Tensor, option: tuple[float, tuple[int, ...]], generator: torch.Generator,
+               chosen: Callable[[float], torch.Tensor], apply: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    """Draw one of option[1]'s values per view, then apply(views, value) to the views picked with probability
+    option[0], grouped by value."""
+    values = torch.tensor(option[1])
+    value = values[torch.randint(len(values), (x.shape[0],), generator=generator)].to(x.device)
+    picked = chosen(option[0])
+    for v in values.tolist():
+        rows = picked & (value == v)
+        if rows.any():
+            x[rows] = apply(x[rows], v)
+    return x
+
+
 def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentation = Augmentation(),
             land: torch.Tensor | None = None, ocean: torch.Tensor | None = None) -> torch.Tensor:
     """Seeded perturbations of (B, 3, H, W) views in [0, 1]; returns a new tensor in [0, 1].
@@ -373,13 +387,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentati
     alpha = draw(config.haze)
     x = torch.where(chosen(config.haze[0]).view(-1, 1, 1, 1), (1 - alpha) * x + alpha * haze_colour, x)
     x = x.clamp(0, 1)
-    factors = torch.tensor(config.resolution[1])
-    factor = factors[torch.randint(len(factors), (batch,), generator=generator)].to(dev)
-    coarser = chosen(config.resolution[0])
-    for f in factors.tolist():
-        rows = coarser & (factor == f)
-        if rows.any():
-            x[rows] = _rescale(x[rows], f)
+    x = _by_choice(x, config.resolution, generator, chosen, _rescale)
     sigma = _uniform(batch, config.blur_sigma_px[1], generator).to(dev)
     blur = chosen(config.blur_sigma_px[0])
     if blur.any():
@@ -389,14 +397,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Augmentati
     noise_generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
     noise = torch.randn(x.shape, generator=noise_generator, device=dev, dtype=x.dtype)
     x = torch.where(chosen(config.noise_std[0]).view(-1, 1, 1, 1), x + noise_std * noise, x).clamp(0, 1)
-    qualities = torch.tensor(config.jpeg_quality[1])
-    quality = qualities[torch.randint(len(qualities), (batch,), generator=generator)].to(dev)
-    compress = chosen(config.jpeg_quality[0])
-    for q in qualities.tolist():
-        rows = compress & (quality == q)
-        if rows.any():
-            x[rows] = _jpeg(x[rows], q)
-    return x
+    return _by_choice(x, config.jpeg_quality, generator, chosen, _jpeg)
 
 
 def render_example(lat: float, lon: float, width_km: float = 2000.0, size: int = 448,

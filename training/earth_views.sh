@@ -5,11 +5,11 @@
 #   folds: leave one mosaic family out (default: etopo1, then the Natural Earth pair), train the default (RFM)
 #          process once per encoder feature without it, evaluate on the held-out family's views, pick the
 #          feature with the smaller median error on held-out land views;
-#   final: train the three processes on all mosaics with that feature, evaluate them on every mosaic's
-#          held-out views and record the table in each model's config.json.
+#   final: train the three processes on all mosaics with that feature;
+#   evaluate: evaluate them on every mosaic's held-out views and record the table in each model's config.json.
 #
-#   bash training/earth_views.sh                          # one H200, about 8 minutes
-#   STAGES="final" FEATURE=efficientnet_lite0 bash training/earth_views.sh
+#   bash training/earth_views.sh                          # one H200: data 3.5 min, folds 4.5 min, final + evaluate ~6 min
+#   STAGES="data final evaluate" FEATURE=efficientnet_lite0_grid2 bash training/earth_views.sh   # no folds
 #
 # TRAIN_SECONDS caps each training stage's wall time: a run still going then is stopped and its last checkpoint
 # (every 1000 steps) is exported instead. Every step is resumable: finished shards are skipped and
@@ -25,7 +25,7 @@ FOLD_KEYS=${FOLD_KEYS:-efficientnet_lite0,efficientnet_lite0_grid2}
 FOLD_STEPS=${FOLD_STEPS:-4000}
 FINAL_STEPS=${FINAL_STEPS:-8000}
 FEATURE=${FEATURE:-auto}                 # the final models' embedding key; auto: the folds' winner
-STAGES=${STAGES:-data folds final}
+STAGES=${STAGES:-data folds final evaluate}
 TRAIN_SECONDS=${TRAIN_SECONDS:-100000}
 PYTHON=${PYTHON:-python}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra training flags, e.g. for a smoke test: "--dim 16 --depth 1 --batch-size 16"
@@ -54,7 +54,7 @@ if stage data; then
     echo "$(date +%T) data"
     [ -f "$MOSAICS/mosaics.json" ] || $PYTHON -m training.earth_views_mosaics --out "$MOSAICS"
     keys=$FOLD_KEYS
-    stage folds || keys=$FEATURE
+    stage folds || keys=${FEATURE/auto/efficientnet_lite0}
     $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/train" --split-seed 0 \
         --num-views "$TRAIN_VIEWS" --keys "$keys" --batch-size 1024
     $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/heldout" --split-seed 1 \
@@ -95,11 +95,15 @@ if stage final; then
             "$FINAL_STEPS" "$TRAIN_VIEWS augmented views of every allowed Earth mosaic (NASA Blue Marble and others)"
     done
     wait
+fi
+
+if stage evaluate; then
+    echo "$(date +%T) evaluate"
     heldout=$(folders --root "$DATA/heldout" --key "{key}")
-    # The RFM model: the full table (300 views per row for NLL / localizability, 16 samples each) and the
+    # The RFM model: the full table (100 views per row for NLL / localizability, 16 samples each) and the
     # normalisation check with 4,096 importance samples on 8 views. The R^3 models: their exact likelihood ODE
     # is slower, so 50 views and 4 samples per row.
-    $PYTHON -m training.earth_views_eval "$RUNS/earth-rfm/model" "$heldout" --steps 32 \
+    $PYTHON -m training.earth_views_eval "$RUNS/earth-rfm/model" "$heldout" --steps 32 --likelihood-images 100 \
         --record --output "$RUNS/earth-rfm/model/earth_views_eval.json" $EVAL_ARGS >"$RUNS/earth-rfm/eval.log" 2>&1 &
     for name in earth-flow earth-diffusion; do
         $PYTHON -m training.earth_views_eval "$RUNS/$name/model" "$heldout" --steps 32 --likelihood-images 50 \

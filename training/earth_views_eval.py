@@ -130,17 +130,28 @@ def record_evaluation(folder: str | Path, result: dict) -> Path:
     return path
 
 
+METRIC_COLUMNS = ("n", "GeoScore", "median km", "mean km", "acc@200km", "acc@750km", "acc@2500km", "NLL",
+                  "localizability")
+
+
+def metric_cells(r: dict) -> str:
+    """The METRIC_COLUMNS cells of one evaluation row, as markdown."""
+    return (f"{r['images']} | {r['geoscore']:.0f} | {r['median_km']:.0f} | {r['mean_km']:.0f} | {r['acc@200km']:.1%} | "
+            f"{r['acc@750km']:.1%} | {r['acc@2500km']:.1%} | {r['nll']:.2f} | {r.get('localizability', float('nan')):.2f}")
+
+
+def markdown_header(*columns: str) -> str:
+    """A markdown table's header and rule lines."""
+    return f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}"
+
+
 def markdown_table(results: Sequence[dict]) -> str:
     """One markdown table: a row per (model, subset) with the headline metrics."""
-    header = ("| model | views | n | GeoScore | median km | mean km | acc@200km | acc@750km | acc@2500km | NLL | "
-              "localizability |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
+    lines = [markdown_header("model", "views", *METRIC_COLUMNS)]
     for result in results:
         name = Path(result["model"]).parent.name if Path(result["model"]).name == "model" else Path(result["model"]).name
         for subset, r in result["rows"].items():
-            lines.append(f"| {name} | {subset} | {r['images']} | {r['geoscore']:.0f} | {r['median_km']:.0f} | "
-                         f"{r['mean_km']:.0f} | {r['acc@200km']:.1%} | {r['acc@750km']:.1%} | {r['acc@2500km']:.1%} | "
-                         f"{r['nll']:.2f} | {r.get('localizability', float('nan')):.2f} |")
+            lines.append(f"| {name} | {subset} | {metric_cells(r)} |")
     return "\n".join(lines)
 
 

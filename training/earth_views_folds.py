@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+from training.earth_views_eval import METRIC_COLUMNS, markdown_header, metric_cells
+
 LAND, OCEAN, COAST = "views with >= 20% land", "open-ocean views (< 1% land)", "coastline views (20-80% land)"
 
 
@@ -42,17 +44,11 @@ def best_key(records: list[dict]) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    """A row per (fold, encoder feature, held-out mosaic, subset): n, GeoScore, median km, acc@200/750/2500,
-    localizability."""
-    lines = ["| held-out family | encoder feature | held-out mosaic | views | n | GeoScore | median km | acc@200km | "
-             "acc@750km | acc@2500km | localizability |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """A row per (fold, encoder feature, held-out mosaic, subset) with earth_views_eval's metric columns."""
+    lines = [markdown_header("held-out family", "encoder feature", "held-out mosaic", "views", *METRIC_COLUMNS)]
     for r in records:
         for subset in (LAND, COAST, OCEAN):
-            row = r["rows"][subset]
-            lines.append(f"| {r['family']} | {r['key']} | {r['mosaic']} | {subset} | {row['images']} | "
-                         f"{row['geoscore']:.0f} | {row['median_km']:.0f} | {row['acc@200km']:.1%} | "
-                         f"{row['acc@750km']:.1%} | {row['acc@2500km']:.1%} | "
-                         f"{row.get('localizability', float('nan')):.2f} |")
+            lines.append(f"| {r['family']} | {r['key']} | {r['mosaic']} | {subset} | {metric_cells(r['rows'][subset])} |")
     return "\n".join(lines)
 
 
