@@ -32,16 +32,6 @@ def authors_folder(folder, dim: int = 32, seed: int = 0):
     return folder
 
 
-@pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty huggingface cache, offline."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def test_official_ids_name_process_encoder_and_size():
     models = {m.hub_id: m for m in hub.official_models()}
     assert len(models) == 9

@@ -35,16 +35,6 @@ from tests.conftest import random_network
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty Hugging Face cache and no hub: what a Space sees when the hub is down and nothing was preloaded."""
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
 def page_config(demo: gr.Blocks) -> dict:
     """The page's configuration as the browser receives it from the running server."""
     port = free_port()
@@ -61,7 +51,7 @@ def component(config: dict, kind: str, **props) -> list[dict]:
             if c["type"] == kind and all(c["props"].get(k) == v for k, v in props.items())]
 
 
-def test_the_model_shown_first_is_flag_then_environment_then_the_space_default(offline_hub):
+def test_the_model_shown_first_is_flag_then_environment_then_the_space_default(hub_cache):
     env = {"SPACE_ID": "someone/geodemo", space.MODEL_ENV: "earth-flow"}
     assert space.choose_start_model("earth-diffusion", env).name == "earth-diffusion"
     assert space.choose_start_model(None, env) == space.StartModel("earth-flow", "earth-flow", space.MODEL_ENV)
@@ -70,7 +60,7 @@ def test_the_model_shown_first_is_flag_then_environment_then_the_space_default(o
     assert on_space.name is None and on_space.requested == space.SPACE_MODEL and "HF_HUB_OFFLINE" in on_space.notice
 
 
-def test_on_a_space_with_the_hub_reachable_the_photo_model_comes_first(offline_hub, monkeypatch):
+def test_on_a_space_with_the_hub_reachable_the_photo_model_comes_first(hub_cache, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     asked = []
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
@@ -81,7 +71,7 @@ def test_on_a_space_with_the_hub_reachable_the_photo_model_comes_first(offline_h
     assert "default" in start.catalogue.names  # the satellite-view models stay one click away
 
 
-def test_space_with_the_hub_unreachable_opens_on_the_shipped_model_and_says_so(offline_hub):
+def test_space_with_the_hub_unreachable_opens_on_the_shipped_model_and_says_so(hub_cache):
     start = space.start_app(None, device="cpu", environ={"SPACE_ID": "someone/geodemo"})
     assert start.first_model == "default"
     config = page_config(app.build_demo(start.catalogue, device="cpu", default_model=start.first_model,
@@ -92,7 +82,7 @@ def test_space_with_the_hub_unreachable_opens_on_the_shipped_model_and_says_so(o
     assert notes[0].count(". ") == 0 and "\n" not in notes[0]  # one sentence
 
 
-def test_a_local_model_folder_in_the_environment_is_the_default(tmp_path, offline_hub):
+def test_a_local_model_folder_in_the_environment_is_the_default(tmp_path, hub_cache):
     folder = build_test_model(tmp_path / "my-photo-model")
     start = space.start_app(None, device="cpu", environ={space.MODEL_ENV: str(folder), "SPACE_ID": "someone/geodemo"})
     assert start.first_model == "my-photo-model" and start.notice is None
@@ -102,7 +92,7 @@ def test_a_local_model_folder_in_the_environment_is_the_default(tmp_path, offlin
     assert component(config, "dropdown", label="Model")[0]["value"] == "my-photo-model"
 
 
-def test_a_model_folder_that_does_not_exist_is_an_error(tmp_path, offline_hub):
+def test_a_model_folder_that_does_not_exist_is_an_error(tmp_path, hub_cache):
     for missing in (str(tmp_path / "nowhere"), "./nowhere"):
         with pytest.raises(ModelUnavailable, match="no such folder"):
             space.start_app(None, environ={space.MODEL_ENV: missing}, warm=False)
@@ -110,7 +100,7 @@ def test_a_model_folder_that_does_not_exist_is_an_error(tmp_path, offline_hub):
             space.start_app(missing, environ={}, warm=False)
 
 
-def test_a_model_that_fails_to_load_gives_way_to_the_shipped_one(tmp_path, offline_hub):
+def test_a_model_that_fails_to_load_gives_way_to_the_shipped_one(tmp_path, hub_cache):
     folder = build_test_model(tmp_path / "broken")
     (folder / "model.safetensors").write_bytes(b"not a safetensors file")
     start = space.start_app(str(folder), device="cpu", environ={})
@@ -217,7 +207,7 @@ def test_preload_lists_the_official_models_and_the_encoder_files_geodemo_reads()
     assert set(listed) == set(models) | {ENCODER_SOURCES[official[m].encoder].repo_id for m in models}
 
 
-def test_a_cache_laid_out_like_preload_from_hub_is_found_offline(offline_hub, tmp_path):
+def test_a_cache_laid_out_like_preload_from_hub_is_found_offline(hub_cache, tmp_path):
     """Every preloaded model and encoder is found with the hub switched off, the Space opens on its photo model
     with no notice, and a released model loads from the cache and geolocates an image through its encoder."""
     network = random_network(dim=32, depth=2, cond_dim=384, seed=1)
@@ -229,7 +219,7 @@ def test_a_cache_laid_out_like_preload_from_hub_is_found_offline(offline_hub, tm
     contents = {CONFIG_FILE: json.dumps(network.config.to_dict()).encode(), WEIGHTS_FILE: weights.read_bytes(),
                 "pytorch_model.bin": b"StreetCLIP weights (only their presence is checked here)"}
     for repo, files in preload_list():
-        lay_out_like_preload(offline_hub, repo, {f: dino_file.read_bytes() if repo == dino_repo else contents[f]
+        lay_out_like_preload(hub_cache, repo, {f: dino_file.read_bytes() if repo == dino_repo else contents[f]
                                                  for f in files})
     for repo, files in preload_list():
         assert hub.cached(repo, files) is not None, repo
@@ -247,3 +237,33 @@ def test_a_cache_laid_out_like_preload_from_hub_is_found_offline(offline_hub, tm
     out = pipe.predict(images=[Image.open(write_test_image(tmp_path / "photo.jpg"))], num_samples=8, steps=4, seed=0)
     assert out.latlon.shape == (1, 8, 2) and torch.isfinite(out.latlon).all()
     assert torch.equal(pipe.encoder.built()[0].cls_token, dino.cls_token)
+
+
+@pytest.mark.slow
+def test_on_a_space_examples_are_answered_on_first_click_and_then_from_the_cache(tmp_path, monkeypatch):
+    """cache_examples=True, cache_mode="lazy" on a Space only: nothing is computed at boot; the first use of an
+    example runs the request (the shipped model, whose views they are) and stores its answer."""
+    monkeypatch.chdir(tmp_path)  # Gradio's cache of examples lives under the working folder
+    made = []
+
+    make = gr.Examples
+
+    def recording(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(gr, "Examples", recording)
+    small_map = {"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8}
+    app.build_demo(app.make_catalogue(), device="cpu", map_options=small_map)
+    assert made and all(e.cache_examples is False and e.fn is None for e in made)  # off a Space: inputs only
+    made.clear()
+    monkeypatch.setenv("SPACE_ID", "someone/geodemo")
+    app.build_demo(app.make_catalogue(), device="cpu", map_options=small_map)
+    answered = [e for e in made if e.fn is not None]
+    assert len(answered) == 1 and all(e.cache_examples is False for e in made if e.fn is None)
+    examples = answered[0]
+    assert examples.cache_examples == "lazy" and not Path(examples.cached_file).exists()  # nothing at boot
+    globe, density_map, summary, csv_file, geojson_file, _ = examples.load_from_cache(0)
+    assert json.loads(globe)["frames"] and "True location" in summary  # the whole answer, the globe included
+    assert all(Path(f.path).is_file() for f in (density_map, csv_file, geojson_file))
+    assert Path(examples.cached_file).exists()
