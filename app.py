@@ -239,9 +239,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads per request (requests run two at a time; small networks "
-                             "gain nothing from more threads, and more threads than cores stall)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GEODEMO_THREADS", 1)),
+                        help="torch CPU threads per request (default: $GEODEMO_THREADS, else 1; requests run two at a "
+                             "time; small networks gain nothing from more threads, more threads than cores stall)")
     parser.add_argument("--temp-dir", default=None,
                         help="the app's own temporary folder (default: GRADIO_TEMP_DIR, else <temp>/geodemo-app)")
     parser.add_argument("--temp-max-mb", type=float, default=TempBounds.max_bytes / 2**20,
