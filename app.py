@@ -7,27 +7,31 @@ Run: python app.py [--model NAME_OR_FOLDER] [--port N] [--share] [--device cpu|c
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import gradio as gr
 import plotly
 import torch
 
+from classroom import build_classroom_tab
 from geodemo.examples import example_views
+from geodemo.guidance_spread import guidance_hint
 from geodemo.images import ImageError, load_image
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.request_files import RequestFiles, TempBounds, use_own_temp_dir
-from geodemo.service import (LIMITS, Catalogue, ModelCache, ModelUnavailable, Stage, check_request, locate,
-                             make_catalogue)
+from geodemo.service import (DEFAULTS, LIMITS, POINT_GUIDANCE, Catalogue, ModelCache, ModelUnavailable, Request,
+                             Stage, check_request, locate, make_catalogue, measured_latency, state_labels)
 from geodemo.encoders.sources import ENCODER_DIR_ENV, set_encoder_dir
 from geodemo.hub import LocalCopyUse, set_local_copy_use
-from geodemo.space import SPACE_MODEL, request_duration, start_app
-from geodemo.summary import sample_rows, to_csv, to_geojson
+from geodemo.space import SPACE_MODEL, on_space, request_duration, start_app
+from geodemo.summary import Summary, export_rows, to_csv, to_geojson
 
 try:  # ZeroGPU Spaces: the request runs on a GPU lent per call (a no-op elsewhere)
     import spaces
@@ -106,7 +110,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     map_options: the log-density map's options (geodemo.service.MAP_OPTIONS: coarse_deg, levels, ...).
     temp_bounds: age and size bounds of the app's temporary folder (Gradio's, GRADIO_TEMP_DIR at this call)."""
     catalogue = catalogue or make_catalogue()
-    request_files = RequestFiles(gr.utils.get_upload_folder(), temp_bounds, keep=lambda: kept_in_cache(demo))
+    request_files = RequestFiles(gr.utils.get_upload_folder(), temp_bounds, keep=lambda: kept_in_cache(demo),
+                                 forget=lambda paths: forget_cached(demo, paths))
     models = models or ModelCache(catalogue, device=device)
     default_model = default_model if default_model in catalogue.names else catalogue.default()
     gr.set_static_paths([str(PLOTLY_JS.parent)])
@@ -116,19 +121,21 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         """The map, summary and download updates of one drawn stage of the request."""
         summary, cells = stage.summary, stage.cells
         if cells is None:
-            title, cells = "Samples (exact log-density map switched off)", None
+            title = "Samples (exact log-density map switched off)"
         else:
             title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
                      f"{'coarse grid' if stage.level == 0 else f'refinement {stage.level}'}")
         figure = density_map_figure(cells, stage.samples, truth=summary.truth, best_guess=summary.best_guess,
-                                    title=title)
-        rows = sample_rows(stage.samples, stage.sample_log_density)
-        return render_png(figure), summary.to_markdown(), *write_downloads(request_files, rows, summary)
+                                    title=title, best_guess_label=best_guess_name(summary))
+        return render_png(figure), summary.to_markdown(), *downloads(stage)
 
-    @on_gpu
-    def locate_request(image, model_name, guidance, steps, num_samples, seed, exact_density,
-                       progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
-        """One request: samples + globe first, then the log-density map refined in stages."""
+    def downloads(stage: Stage) -> tuple[str, str]:
+        return write_downloads(request_files, export_rows(stage.samples, stage.sample_log_density, stage.summary,
+                                                          point_guidance=POINT_GUIDANCE))
+
+    def answer(image, model_name, guidance, steps, num_samples, seed, exact_density, progress):
+        """One request: samples + globe first, then the log-density map refined in stages; the globe is drawn
+        again when the log-densities settle the best guess. Raises gr.Error with one sentence for the user."""
         started = time.perf_counter()
         image_path = image_path_of(image, request_files)
         if not image_path:
@@ -147,60 +154,98 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         except (RuntimeError, MemoryError) as err:  # e.g. out of memory: the server stays up, the user is told
             log.exception("sampling failed")
             raise gr.Error(f"The model failed on this request ({type(err).__name__}); try fewer samples or steps.") from None
-        summary = first.summary
-        globe = globe_figure(first.prediction.trajectories_xyz[0], first.samples, truth=summary.truth,
-                             best_guess=summary.best_guess, process_name=pipe.process.name, seed=request.seed)
-        state = {"model": model_name, "samples": first.samples.tolist(), "truth": summary.truth}
+        revision = uuid.uuid4().hex
+        shown = first.summary
+        state = {"model": model_name, "samples": first.samples.tolist(), "truth": shown.truth,
+                 "best_guess": shown.best_guess}
+        globe = request_globe(pipe, model_name, request, first, shown, revision)
         log.info("samples + globe in %.2f s", time.perf_counter() - started)
-        files = write_downloads(request_files, sample_rows(first.samples), summary)
-        yield globe.to_json(), gr.skip(), summary.to_markdown(), *files, state
+        yield globe, None, shown.to_markdown(), *downloads(first), state
         if first.final:
             yield gr.skip(), *map_outputs(first)[:1], gr.skip(), gr.skip(), gr.skip(), state
             return
         try:
-            progress(0.45, desc="Log-density on a coarse grid and at the samples")
+            progress(0.45, desc=f"Log-density map ({map_time(model_name)})")
             drawn = None
             for stage in stages:
                 progress(min(0.95, 0.55 + 0.4 * stage.level / max(1, stage.levels)),
-                         desc=f"Log-density map, refinement {stage.level}")
+                         desc=f"Log-density map, refinement {stage.level} of {stage.levels}")
+                refined = (stage.summary.best_guess, stage.summary.provisional) != (shown.best_guess, shown.provisional)
+                if refined:
+                    shown = stage.summary
+                    globe = request_globe(pipe, model_name, request, first, shown, revision)
+                    state = {**state, "best_guess": shown.best_guess}
                 if shown_level(stage) and stage.cells is not drawn:
                     drawn = stage.cells
-                    yield gr.skip(), *map_outputs(stage), state
+                    yield globe if refined else gr.skip(), *map_outputs(stage), state
+                elif refined:
+                    yield globe, gr.skip(), shown.to_markdown(), *downloads(stage), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
             reason = err if isinstance(err, ValueError) else type(err).__name__  # e.g. OutOfMemoryError, not its text
             raise gr.Error(f"The log-density map could not be computed ({reason}); the samples above still stand.") from None
         log.info("request complete in %.2f s", time.perf_counter() - started)
 
-    def describe(model_name):
-        return catalogue.describe(model_name) if model_name in catalogue.names else f"Unknown model {model_name!r}."
+    @on_gpu
+    def locate_request(image, model_name, guidance, steps, num_samples, seed, exact_density,
+                       progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
+        """One request (answer). An error replaces what the previous request showed by an empty globe and a note,
+        so that no output seems to answer the new request, then reaches the user as one sentence."""
+        answered = False
+        try:
+            for update in answer(image, model_name, guidance, steps, num_samples, seed, exact_density, progress):
+                answered = True
+                yield update
+        except gr.Error as err:
+            log.warning("request not answered: %s", err.message)
+            if not answered:
+                yield (globe_figure(title="No answer: see the message").to_json(), None,
+                       f"**No answer.** {err.message}", None, None, None)
+            else:  # the samples stand; the map that failed is cleared
+                yield gr.skip(), None, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            raise gr.Error(err.message, print_exception=False) from None
 
-    with gr.Blocks(title="geodemo — generative geolocation",
-                   delete_cache=(max(1, int(temp_bounds.prune_every_s)), max(1, int(temp_bounds.max_age_s)))) as demo:
+    def describe(model_name):
+        """The model's line, what guidance does to its samples (measured), and how long its map takes."""
+        if model_name not in catalogue.names:
+            return f"Unknown model {model_name!r}.", "", gr.update()
+        return catalogue.describe(model_name), guidance_hint(model_name), gr.update(info=map_note(model_name))
+
+    def globe_view(elem_id: str) -> gr.HTML:
+        """A globe: the bundled plotly.js draws the figure JSON it is given (the Earth alone at first)."""
+        return gr.HTML(value=globe_figure().to_json(), html_template=GLOBE_TEMPLATE, js_on_load=GLOBE_JS,
+                       head=globe_head, elem_id=elem_id, min_height=GLOBE_HEIGHT)
+
+    with gr.Blocks() as locate_tab:
         gr.Markdown(INTRO)
         if notice:
             gr.Markdown(f"**Note:** {notice}", elem_id="startup-notice")
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
+            with gr.Column(scale=1, min_width=320) as controls:
                 image = gr.Image(label="Image (upload, paste or drag & drop)", type="filepath",
                                  sources=["upload", "clipboard"], height=300)
                 examples, titles = example_images()
-                if examples:
+                if examples and not on_space():  # on a Space: below, with lazily cached answers
                     gr.Examples(examples=examples, inputs=[image], label="Examples: views from space (true centre known)",
                                 example_labels=titles, examples_per_page=12)
                 model = gr.Dropdown(choices=catalogue.names, value=default_model, label="Model",
                                     allow_custom_value=True)
-                model_info = gr.Markdown(describe(default_model) if default_model else "No model found.")
-                guidance = gr.Slider(*LIMITS["guidance"], value=2.0, step=0.1, label="Guidance scale w",
-                                     info="0 = plain conditional model; larger = sharper, less diverse")
-                steps = gr.Slider(*LIMITS["steps"], value=32, step=1, label="Sampler steps")
-                num_samples = gr.Slider(16, 1024, value=128, step=16, label="Number of samples")
-                seed = gr.Number(value=0, precision=0, minimum=0, maximum=LIMITS["seed"][1], label="Seed")
-                exact_density = gr.Checkbox(value=True, label="Exact log-density map (progressive, a few seconds)")
+                model_info = gr.Markdown(catalogue.describe(default_model) if default_model else "No model found.")
+                guidance = gr.Slider(*LIMITS["guidance"], value=DEFAULTS["guidance"], step=0.1,
+                                     label="Guidance scale w of the samples",
+                                     info=f"0 = the model's own distribution (default). The best-guess marker is "
+                                          f"always the guided point estimate (w = {POINT_GUIDANCE:g}).")
+                guidance_info = gr.Markdown(guidance_hint(default_model) if default_model else "",
+                                            elem_id="guidance-hint")
+                steps = gr.Slider(*LIMITS["steps"], value=DEFAULTS["steps"], step=1, label="Sampler steps")
+                num_samples = gr.Slider(16, 1024, value=DEFAULTS["num_samples"], step=16, label="Number of samples")
+                seed = gr.Number(value=DEFAULTS["seed"], precision=0, minimum=0, maximum=LIMITS["seed"][1],
+                                 label="Seed")
+                exact_density = gr.Checkbox(value=True, label="Exact log-density map",
+                                            info=map_note(default_model) if default_model else None)
                 run = gr.Button("Locate", variant="primary")
             with gr.Column(scale=2, min_width=480):
-                globe = gr.HTML(value=globe_figure().to_json(), html_template=GLOBE_TEMPLATE, js_on_load=GLOBE_JS,
-                                head=globe_head, elem_id="globe", min_height=GLOBE_HEIGHT)
+                globe = globe_view("globe")
                 density_map = gr.Image(label="Log-density map", type="pil", interactive=False, elem_id="density-map",
                                        format="png")
                 summary = gr.Markdown(elem_id="summary")
@@ -208,23 +253,95 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                     csv_file = gr.File(label="Samples (CSV)", elem_id="csv-file")
                     geojson_file = gr.File(label="Samples (GeoJSON)", elem_id="geojson-file")
         state = gr.State()
-        model.change(describe, inputs=model, outputs=model_info, api_name=False)
+        model.change(describe, inputs=model, outputs=[model_info, guidance_info, exact_density], api_name=False)
         run.click(locate_request, inputs=[image, model, guidance, steps, num_samples, seed, exact_density],
                   outputs=[globe, density_map, summary, csv_file, geojson_file, state], api_name="locate",
                   concurrency_limit=2, preprocess=False)
+        if examples and on_space() and "default" in catalogue.names:
+            # the views from space, for the shipped model; each answer is computed on its first click and then
+            # served from the cache (cache_mode="lazy": nothing is computed at boot)
+            request = [DEFAULTS["guidance"], DEFAULTS["steps"], DEFAULTS["num_samples"], DEFAULTS["seed"], True]
+            csv.field_size_limit(2**31 - 1)  # Gradio keeps cached answers in a CSV file; a globe is megabytes of JSON
+            with controls:
+                gr.Examples(examples=[[path, "default", *request] for path in examples],
+                            inputs=[image, model, guidance, steps, num_samples, seed, exact_density],
+                            outputs=[globe, density_map, summary, csv_file, geojson_file, state],
+                            fn=complete_answer(locate_request),
+                            cache_examples=True, cache_mode="lazy", preprocess=False, example_labels=titles,
+                            label="Examples: views from space for the shipped model (true centre known)",
+                            examples_per_page=12)
+    with gr.Blocks(title="geodemo — generative geolocation") as demo:
+        with gr.Tab("Locate"):
+            locate_tab.render()
+        with gr.Tab("Compare & learn"):
+            build_classroom_tab(models, catalogue, globe_view, examples=example_images(), map_options=map_options)
     return demo
 
 
-def write_downloads(request_files: RequestFiles, rows: list[dict], summary) -> tuple[str, str]:
-    """Write the samples as CSV and GeoJSON into a fresh folder of the app's bounded temporary folder."""
-    csv_path, geojson_path = request_files.write({"samples.csv": to_csv(rows),
-                                                  "samples.geojson": to_geojson(rows, summary)})
+def complete_answer(request_fn):
+    """A streaming request folded into its complete answer: each output's latest value, an output left out of
+    a later update (gr.skip()) keeping the earlier one. A cached example keeps only what its function returns
+    last, and the stream's last update leaves the globe out."""
+
+    def answer(*args):
+        latest = None
+        for update in request_fn(*args):
+            latest = update if latest is None else tuple(
+                old if isinstance(new, dict) and new.get("__type__") == "update" and len(new) == 1 else new
+                for old, new in zip(latest, update))
+        return latest
+
+    return answer
+
+
+def write_downloads(request_files: RequestFiles, rows: list[dict]) -> tuple[str, str]:
+    """Write a request's export rows (samples, best guess, truth) as CSV and GeoJSON into a fresh folder of the
+    app's bounded temporary folder."""
+    csv_path, geojson_path = request_files.write({"samples.csv": to_csv(rows), "samples.geojson": to_geojson(rows)})
     return str(csv_path), str(geojson_path)
+
+
+def request_globe(pipe, model_name: str, request: Request, first: Stage, summary: Summary, revision: str) -> str:
+    """A request's globe as JSON: its samples' trajectories (the first stage) and the best guess of `summary` (the
+    latest); `revision` is the request's, so that redrawing it keeps the user's camera."""
+    title = (f"{model_name} ({pipe.process.name}): {request.num_samples} samples at w = {request.guidance:g}, "
+             f"best guess = guided point estimate (w = {POINT_GUIDANCE:g})")
+    return globe_figure(first.prediction.trajectories_xyz[0], first.samples, truth=summary.truth,
+                        best_guess=summary.best_guess, title=title, seed=request.seed,
+                        state_labels=state_labels(pipe, request.steps), guided_latlon=first.guided,
+                        best_guess_name=best_guess_name(summary), revision=revision).to_json()
+
+
+def best_guess_name(summary: Summary) -> str:
+    """The best-guess marker's legend entry: the guided point estimate, provisional until the likelihoods."""
+    return f"best guess (w = {POINT_GUIDANCE:g}{', provisional' if summary.provisional else ''})"
+
+
+def map_note(model_name: str) -> str:
+    """The map checkbox's note: how the map is made and how long it takes for this model."""
+    return f"Progressive: a coarse grid first, then refined where the mass is; {map_time(model_name)}."
+
+
+def map_time(model_name: str) -> str:
+    """How long the complete map takes for this model, as measured (benchmarks/app_latency.py), for the user
+    to read before starting."""
+    measured = measured_latency(model_name)
+    if measured is None:
+        return "time not measured for this model"
+    return (f"about {measured['complete_map_s']:.0f} s in all on a {measured['machine']} "
+            f"(samples + globe: {measured['samples_globe_s']:.1f} s; measured {measured['measured']})")
 
 
 def kept_in_cache(demo: gr.Blocks) -> set[str]:
     """The cached files Gradio keeps for the app's lifetime (example thumbnails, components' initial values)."""
     return set().union(*(getattr(block, "keep_in_cache", ()) for block in demo.blocks.values()))
+
+
+def forget_cached(demo: gr.Blocks, paths: set[str]) -> None:
+    """Drop removed files from Gradio's record of the files it created (else that record grows with every
+    request); each set operation is atomic, so requests adding to these sets meanwhile are safe."""
+    for files in demo.temp_file_sets:
+        files.difference_update(paths)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -255,8 +372,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def serve(demo: gr.Blocks, **launch_options) -> None:
-    """Launch and serve until SIGTERM or Ctrl-C, then stop cleanly: the queue and the server close, Gradio
-    removes the files it cached, the request folders go, and the process exits with status 0."""
+    """Launch and serve until SIGTERM or Ctrl-C, then stop cleanly: the queue and the server close, the app's
+    temporary folder is emptied, and the process exits with status 0."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -283,7 +400,8 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {err}") from None
     use_own_temp_dir(args.temp_dir)
     bounds = TempBounds(max_age_s=args.temp_max_age, max_bytes=int(args.temp_max_mb * 2**20),
-                        prune_every_s=min(TempBounds.prune_every_s, args.temp_max_age))
+                        prune_every_s=min(TempBounds.prune_every_s, args.temp_max_age),
+                        keep_fresh_s=min(TempBounds.keep_fresh_s, args.temp_max_age))
     demo = build_demo(start.catalogue, device=args.device, default_model=start.first_model, temp_bounds=bounds,
                       models=start.models, notice=start.notice)
     serve(demo.queue(default_concurrency_limit=2, max_size=args.queue_size), server_name=args.host,

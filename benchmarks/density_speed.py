@@ -1,27 +1,34 @@
-"""Log-density speed and accuracy on a global grid: geodemo's log_density against diff-plonk 0.4's
-`compute_likelihood_grid`, same random weights, one image, guidance 0.
+"""Log-density speed and accuracy of the defaults: geodemo's log_density (accuracy "default" and "map") against
+diff-plonk 0.4's `compute_likelihood` at its defaults, same weights, one image, guidance 0, per global grid.
 
-Usage: python benchmarks/density_speed.py --device cuda --size yfcc --resolution 1
-The grid is diff-plonk's own (lat -90..90, lon -180..180 inclusive). diff-plonk solves it in batches of 1024
-points, each an adaptive dopri5 solve (atol = rtol = 1e-6, float32) with the divergence by vmap(jacrev).
-A full 1-degree grid (65,341 points, ~2,400 function evaluations per batch on these random weights) is far
-too slow to time, so ONE batch of `--batch` points in the middle of the grid is timed for each implementation
-and the grid time is extrapolated per point (x number of batches). Ours also gets a throughput row: the cost
-per point per function evaluation with the whole grid in one batch (a few fixed RK4 steps), times the
-dopri5 evaluations measured on the batch: the estimate for solving the grid in one go.
-Accuracy: max / mean |delta log p| in nats on `--reference-points` of the batch against a float64 solve by our
-implementation (dopri5, atol = rtol = `--reference-tol`), per geometry: "ambient" (the authors' quantity: raw field,
-R^3 divergence) or "riemannian" (our default: tangent field on S^2, normalised).
-Variants GEOMETRY:METHOD:TOL|STEPS[:bf16x3][:compile]: bf16x3 runs the blocks' matmuls as three bfloat16 products,
-compile hands the network pass to torch.compile (compiled and warmed up on each shape before timing).
-`--full VARIANT ...` solves the whole grid in one solve and times it (measured, not extrapolated).
+Usage: python benchmarks/density_speed.py --device cuda --model yfcc --grids 10 5 2 1
+       python benchmarks/density_speed.py --device cpu --model default --embedding emb.pt:amazon --grids 5 --no-authors
+--model: a random-weight size of benchmarks/plonk_reference.SIZES (yfcc = dim 512 / depth 12), or a shipped model
+(default, earth-flow, earth-diffusion) with --embedding FILE:KEY (a dict of (1, C) image embeddings saved by
+torch.save; make one with --save-embeddings FILE IMAGE ...).
+Grids: diff-plonk's own (lat -90..90, lon -180..180, endpoints included). diff-plonk solves a grid in batches of
+1,024 points, each an adaptive dopri5 solve (float32, atol = rtol = 1e-6, RMS error norm) with the divergence by
+vmap(jacrev): one batch from the middle of the finest grid is timed and a grid's time is that x its number of
+batches (exact for its batch-by-batch loop; a grid of one batch or less counts one whole batch). Ours solves each
+whole grid (all points in chunks of the preset's size), measured; a grid larger than --measure-limit points is
+measured on every k-th point and scaled by k ("est.").
+Accuracy: max / mean |delta log p| in nats on --reference-points points (spread over diff-plonk's timed batch; for
+models without diff-plonk half the highest of a map of the coarsest grid, half spread over it) against a float64
+solve by our implementation (dopri5, atol = rtol = --reference-tol, sinh radial rule with 32 nodes): ours in its
+own geometry (riemannian on S^2, or the R^3 processes' density of directions), diff-plonk against the ambient
+reference (its quantity); the map error only where the reference is within 10 nats of its maximum.
+Evaluations: network passes (with the divergence) per point, the map's step-doubling checks included.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -31,13 +38,16 @@ import torch
 
 from benchmarks.plonk_reference import (SIZES, authors_pipeline, describe_device, matmul_rate, our_network,
                                         point_flops, random_hub_folder, synchronize)
-from geodemo.likelihood import ODEField, log_density
+from geodemo.likelihood import ODEField, accuracy_options, log_density
+from geodemo.network import NetworkConfig
 from geodemo.processes import RiemannianFlowS2
+from geodemo.registry import lookup
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz
 
-TANGENTS = {"ambient": 3, "riemannian": 2}
+TANGENTS = {"ambient": 3, "riemannian": 2, "r3": 3}
 """Tangent directions our exact divergence pushes through the network per evaluation."""
+SHIPPED = ("default", "earth-flow", "earth-diffusion")
 
 
 def authors_grid(resolution: float) -> np.ndarray:
@@ -48,183 +58,207 @@ def authors_grid(resolution: float) -> np.ndarray:
     return np.vstack([lat_grid.ravel(), lon_grid.ravel()]).T
 
 
-def parse_variant(variant: str) -> tuple[str, str, dict]:
-    """GEOMETRY:METHOD:TOL|STEPS[:bf16x3][:compile] -> (geometry, method, log_density keyword arguments)."""
-    geometry, method, value, *flags = variant.split(":")
-    unknown = set(flags) - {"bf16x3", "compile"}
-    if unknown:
-        raise ValueError(f"unknown variant flags {sorted(unknown)} in {variant!r}")
-    options = {"atol": float(value), "rtol": float(value)} if method.startswith("dopri") else {"steps": int(value)}
-    return geometry, method, {**options, "precision": "bf16x3" if "bf16x3" in flags else "native",
-                          "compile": "compile" in flags}
+class Model:
+    """The network, process, schedule and embedding under test, and where its weights came from."""
+
+    def __init__(self, name: str, device: str, embedding: str | None):
+        if name in SHIPPED:
+            import geodemo
+            pipe = geodemo.load(name, device=device)
+            self.network, self.process, self.schedule = pipe.network, pipe.process, pipe.schedule
+            self.folder = lookup(name).local_folder()
+            path, key = embedding.split(":")
+            self.emb = torch.load(path)[key].to(device)
+            self.config = pipe.network.config
+        else:
+            self.config: NetworkConfig = SIZES[name]
+            self.folder = random_hub_folder(Path(tempfile.mkdtemp()) / name, self.config)
+            self.network = our_network(self.folder, device)
+            self.process, self.schedule = RiemannianFlowS2(), SigmoidSchedule()
+            self.emb = torch.randn(1, self.config.cond_dim, generator=torch.Generator().manual_seed(1)).to(device)
+        digest = hashlib.sha256()
+        for p in self.network.state_dict().values():
+            digest.update(p.detach().cpu().float().numpy().tobytes())
+        self.weights_sha = digest.hexdigest()[:16]
+
+    def log_density(self, xyz: torch.Tensor, **options) -> tuple[torch.Tensor, float, float]:
+        """(log p (M,), seconds, network evaluations per point) of one log_density call."""
+        evaluations = [0]
+        with_divergence = ODEField.with_divergence
+
+        def counted(field, t, y):
+            evaluations[0] += y.shape[0] * y.shape[1]
+            return with_divergence(field, t, y)
+
+        ODEField.with_divergence = counted
+        try:
+            synchronize(str(xyz.device))
+            start = time.perf_counter()
+            logp = log_density(self.network, self.process, self.schedule, self.emb.to(xyz.dtype), xyz, **options)[0]
+            synchronize(str(xyz.device))
+            seconds = time.perf_counter() - start
+        finally:
+            ODEField.with_divergence = with_divergence
+        return logp.double().cpu(), seconds, evaluations[0] / xyz.shape[1]
 
 
-def ours(network, emb, xyz, variant: str, chunk: int, device: str) -> tuple[torch.Tensor, float, int]:
-    """(log p (M,), seconds, function evaluations of the ODE solver per chunk) for a variant (parse_variant).
-    A compiled variant is first run for one RK4 step on the same shape, so compilation stays out of the time."""
-    geometry, method, options = parse_variant(variant)
-    solve = lambda meth, opts: log_density(network, RiemannianFlowS2(), SigmoidSchedule(), emb, xyz,  # noqa: E731
-                                           guidance=0.0, geometry=geometry, method=meth, chunk_size=chunk, **opts)[0]
-    if options["compile"]:
-        solve("rk4", {"steps": 1, "precision": options["precision"], "compile": True})
-    calls = [0]
-    with_divergence = ODEField.with_divergence
+def authors_run(pipe, emb: torch.Tensor, points: np.ndarray, device: str) -> tuple[torch.Tensor, float, int]:
+    """(log p in nats (M,), seconds, NFE) of diff-plonk's compute_likelihood as compute_likelihood_grid calls it."""
+    printed = io.StringIO()
+    synchronize(device)
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(printed):
+        bits = pipe.compute_likelihood(emb=emb, coordinates=points, cfg=0)
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    nfe = int(re.findall(r"NFE: (\d+)", printed.getvalue())[-1])
+    return bits.double().cpu() * 3 * math.log(2), seconds, nfe  # it returns bits per dimension
 
-    def counted(field, t, y):
-        calls[0] += 1
-        return with_divergence(field, t, y)
 
-    ODEField.with_divergence = counted
-    try:
-        synchronize(device)
-        start = time.perf_counter()
-        logp = solve(method, options)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-    finally:
-        ODEField.with_divergence = with_divergence
-    return logp.double().cpu(), seconds, calls[0] // max(1, math.ceil(xyz.shape[1] / chunk))
+def save_embeddings(path: Path, images: list[str]) -> None:
+    """Embed images with the shipped models' encoder into {file stem: (1, C) tensor}."""
+    import geodemo
+    from geodemo.images import load_image
+    pipe = geodemo.load("default", device="cpu")
+    torch.save({Path(i).stem: pipe.embed(load_image(i).image) for i in images}, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="yfcc", choices=sorted(SIZES))
-    parser.add_argument("--resolution", type=float, default=1.0)
-    parser.add_argument("--variants", nargs="*", default=["ambient:dopri5:1e-6", "riemannian:dopri5:1e-6"])
-    parser.add_argument("--tf32-variants", nargs="*", default=[], help="variants also run with TF32 matmuls (GPU)")
-    parser.add_argument("--full", nargs="*", default=[], help="variants also solved on the whole grid in one solve")
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--model", default="yfcc", choices=sorted(SIZES) + list(SHIPPED))
+    parser.add_argument("--embedding", help="FILE:KEY of the image embedding (shipped models)")
+    parser.add_argument("--save-embeddings", nargs="+", metavar=("FILE", "IMAGE"), help="write embeddings and exit")
+    parser.add_argument("--grids", nargs="+", type=float, default=[10, 5, 2, 1])
+    parser.add_argument("--accuracies", nargs="+", default=["default", "map"])
     parser.add_argument("--no-authors", action="store_true")
-    parser.add_argument("--reference-points", type=int, default=256)
-    parser.add_argument("--reference-tol", type=float, default=1e-8)
-    parser.add_argument("--throughput-steps", type=int, default=4, help="RK4 steps of the whole-grid run (0: none)")
-    parser.add_argument("--chunk", type=int, default=1 << 17)
+    parser.add_argument("--batch", type=int, default=1024, help="diff-plonk's batch (compute_likelihood_grid's)")
+    parser.add_argument("--measure-limit", type=int, default=70000)
+    parser.add_argument("--reference-points", type=int, default=64)
+    parser.add_argument("--reference-tol", type=float, default=1e-9)
+    parser.add_argument("--reference-file", type=Path, help="float64 reference: read if it exists, else written")
+    parser.add_argument("--reference-only", action="store_true", help="compute (and save) the reference, then stop")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--reference-file", type=Path, help="float64 reference values: read if it exists, else written")
     args = parser.parse_args()
+    if args.save_embeddings:
+        save_embeddings(Path(args.save_embeddings[0]), args.save_embeddings[1:])
+        return
     torch.set_num_threads(args.threads)
-    device, config = args.device, SIZES[args.size]
+    device = args.device
     card = describe_device(device)
-    folder = random_hub_folder(Path(tempfile.mkdtemp()) / args.size, config)
-    network = our_network(folder, device)
-    emb = torch.randn(1, config.cond_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    grid = authors_grid(args.resolution)
-    n_batches = len(grid) / args.batch
-    xyz = latlon_to_xyz(torch.from_numpy(grid)).float().unsqueeze(0).to(device)
-    start = (len(grid) // args.batch // 2) * args.batch
-    batch = slice(start, start + args.batch)
-    ref_index = torch.arange(0, args.batch, max(1, args.batch // args.reference_points))[:args.reference_points]
-    torch.backends.cuda.matmul.allow_tf32 = False
-    rates = {"fp32": matmul_rate(device, torch.float32, n=8192 if device.startswith("cuda") else 2048)}
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        rates["tf32"] = matmul_rate(device, torch.float32, n=8192)
-        torch.backends.cuda.matmul.allow_tf32 = False
-    rates["bf16x3"] = matmul_rate(device, torch.bfloat16, n=8192 if device.startswith("cuda") else 2048) / 3
-    print(f"device: {card}; torch {torch.__version__}; size {args.size} (dim {config.dim}, depth {config.depth}); "
-          f"{args.resolution:g}-degree grid, {len(grid)} points; matmul "
+    model = Model(args.model, device, args.embedding)
+    on_sphere = model.process.on_sphere
+    geometry = "riemannian" if on_sphere else "r3"
+    cuda = device.startswith("cuda")
+    rates = {"fp32": matmul_rate(device, torch.float32, n=8192 if cuda else 2048)}
+    if cuda:
+        rates["bf16"] = matmul_rate(device, torch.bfloat16, n=8192)
+        rates["bf16x3"] = rates["bf16"] / 3
+    presets = {a: accuracy_options(a, device) for a in args.accuracies}
+    print(f"device: {card}; torch {torch.__version__}; model {args.model} (dim {model.config.dim}, depth "
+          f"{model.config.depth}, weights sha256 {model.weights_sha}); matmul "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
+    for name, preset in presets.items():
+        print(f"preset {name}: {preset}", flush=True)
 
-    reference = torch.load(args.reference_file) if args.reference_file and args.reference_file.exists() else {}
-    geometries = ({v.split(":")[0] for v in args.variants + args.tf32_variants + args.full}
-                  | ({"ambient"} if not args.no_authors else set()))
-    net64 = our_network(folder, device).double()
-    for geometry in sorted(geometries - set(reference)):
-        logp, seconds, nfe = ours(net64, emb.double(), xyz[:, batch][:, ref_index].double(),
-                                  f"{geometry}:dopri5:{args.reference_tol}", args.chunk, device)
-        reference[geometry] = logp
-        print(f"float64 reference, {geometry}, {len(ref_index)} points: {seconds:.1f} s, {nfe} evaluations", flush=True)
-    del net64
+    grids = {res: authors_grid(res) for res in args.grids}
+    reference = torch.load(args.reference_file, weights_only=False) if args.reference_file and args.reference_file.exists() else {}
+    if reference and reference["sha"] != model.weights_sha:
+        raise SystemExit(f"{args.reference_file} belongs to other weights: delete it to recompute")
+    authors = None if args.no_authors or not on_sphere else authors_pipeline(model.folder, model.emb, device)
+    finest = grids[min(args.grids)]
+    start = (len(finest) // args.batch // 2) * args.batch
+    batch = finest[start:start + args.batch]
+    if "latlon" in reference:
+        ref_latlon = reference["latlon"]
+    elif authors is not None:  # spread over diff-plonk's timed batch, whose values give its error
+        ref_latlon = batch[np.linspace(0, len(batch) - 1, args.reference_points).round().astype(int)]
+    else:  # half the highest of a map on the coarsest grid, half spread over it
+        coarse = grids[max(args.grids)]
+        first, _, _ = model.log_density(latlon_to_xyz(torch.from_numpy(coarse)).float().unsqueeze(0).to(device),
+                                        accuracy="map")
+        half = args.reference_points // 2
+        spread = torch.linspace(0, len(coarse) - 1, args.reference_points - half).round().long()
+        ref_latlon = coarse[torch.cat((first.topk(half).indices, spread)).unique().numpy()]
+    ref_xyz = latlon_to_xyz(torch.from_numpy(ref_latlon)).unsqueeze(0).to(device)
+    model.network.double()
+    for geo in [geometry] + (["ambient"] if authors is not None else []):
+        if geo in reference:
+            continue
+        options = {"geometry": geo} if on_sphere else {"radial_nodes": 32}
+        logp, seconds, evals = model.log_density(ref_xyz, atol=args.reference_tol, rtol=args.reference_tol,
+                                                 precision="native", compile=False, chunk_size=1 << 20, **options)
+        reference[geo] = logp
+        print(f"float64 reference, {geo}, {len(ref_latlon)} points: {seconds:.1f} s, {evals:.0f} evaluations / point",
+              flush=True)
+    model.network.float()
     if args.reference_file:
-        torch.save(reference, args.reference_file)
+        torch.save({**reference, "sha": model.weights_sha, "latlon": ref_latlon}, args.reference_file)
+    if args.reference_only:
+        return
+    exact = reference[geometry]
+    near = exact >= exact.max() - 10
 
     rows = []
 
     def record(row: dict) -> None:
         rows.append(row)
+        print("  " + json.dumps(row), flush=True)
         if args.json:
-            args.json.write_text(json.dumps({"card": card, "size": args.size, "resolution": args.resolution,
-                                             "rates": rates, "points": len(grid), "rows": rows}, indent=1))
+            args.json.write_text(json.dumps({"card": card, "model": args.model, "weights_sha": model.weights_sha,
+                                             "rates": rates, "presets": {k: str(v) for k, v in presets.items()},
+                                             "reference_points": len(ref_latlon), "rows": rows}, indent=1))
 
-    if not args.no_authors:
-        pipe = authors_pipeline(folder, emb, device)
-        synchronize(device)
-        begin = time.perf_counter()
-        theirs = pipe.compute_likelihood(emb=emb, coordinates=grid[batch], cfg=0)  # compute_likelihood_grid's call
-        synchronize(device)
-        seconds = time.perf_counter() - begin
-        nats = theirs.double().cpu()[ref_index] * 3 * math.log(2)  # it returns bits per dimension
-        err = (nats - reference["ambient"]).abs()
-        record({"impl": "diff-plonk", "variant": "ambient:dopri5:1e-6", "precision": "fp32", "batch_seconds": seconds,
-                "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean())})
-        print(f"diff-plonk: {seconds:.2f} s on {args.batch} points", flush=True)
+    errors = {}
+    for name in args.accuracies:
+        logp, _, _ = model.log_density(ref_xyz.float(), accuracy=name)
+        delta = (logp - exact).abs()
+        if name == "map":
+            delta = delta[near]
+        errors[name] = (float(delta.max()), float(delta.mean()))
+    if authors is not None:
+        theirs, batch_seconds, nfe = authors_run(authors, model.emb, batch, device)
+        at_reference = [int(np.flatnonzero((batch == point).all(1))[0]) for point in ref_latlon]
+        delta = (theirs[at_reference] - reference["ambient"]).abs()
+        errors["diff-plonk"] = (float(delta.max()), float(delta.mean()))
+        print(f"diff-plonk: {batch_seconds:.2f} s on one batch of {len(batch)} points, {nfe} evaluations", flush=True)
+    print(f"errors (max / mean |dlogp|, nats): {errors}", flush=True)
 
-    ours(network, emb, xyz[:, :64], "ambient:rk4:2", args.chunk, device)  # warm-up
-    runs = [(v, False) for v in args.variants] + [(v, True) for v in args.tf32_variants]
+    for res, grid in grids.items():
+        xyz = latlon_to_xyz(torch.from_numpy(grid)).float().unsqueeze(0).to(device)
+        base = None
+        if authors is not None:
+            base = batch_seconds * max(1.0, len(grid) / len(batch))
+            record({"grid_deg": res, "points": len(grid), "impl": "diff-plonk", "accuracy": "default",
+                    "seconds": base, "extrapolated": len(grid) > len(batch), "nfe": nfe,
+                    "max_err": errors["diff-plonk"][0], "mean_err": errors["diff-plonk"][1]})
+        for name in args.accuracies:
+            stride = max(1, math.ceil(len(grid) / args.measure_limit))
+            _, seconds, evals = model.log_density(xyz[:, ::stride], accuracy=name)
+            seconds *= len(grid) / xyz[:, ::stride].shape[1]
+            preset = presets[name]
+            rate = rates["fp32" if preset.precision == "native" else preset.precision]
+            floor = point_flops(model.config) * (1 + TANGENTS[geometry]) * evals * len(grid) / rate
+            record({"grid_deg": res, "points": len(grid), "impl": "geodemo", "accuracy": name, "seconds": seconds,
+                    "estimated": stride > 1, "evals_per_point": evals,
+                    "radial_nodes": 1 if on_sphere else preset.radial_nodes,
+                    "max_err": errors[name][0], "mean_err": errors[name][1], "floor_s": floor,
+                    "speedup": base / seconds if base else None})
 
-    def precision_and_floor(variant: str, tf32: bool, nfe: int) -> tuple[str, float]:
-        geometry, _, options = parse_variant(variant)
-        precision = "tf32" if tf32 else "bf16x3" if options["precision"] == "bf16x3" else "fp32"
-        return precision, point_flops(config) * (1 + TANGENTS[geometry]) * nfe * len(grid) / rates[precision]
-
-    for variant, tf32 in runs:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            logp, seconds, nfe = ours(network, emb, xyz[:, batch], variant, args.chunk, device)
-        except Exception as error:  # a variant this machine cannot run (e.g. no compiler) is reported, not fatal
-            print(f"ours {variant}: failed: {type(error).__name__}: {error}", flush=True)
-            continue
-        geometry = variant.split(":")[0]
-        err = (logp[ref_index] - reference[geometry]).abs()
-        precision, floor = precision_and_floor(variant, tf32, nfe)
-        row = {"impl": "geodemo", "variant": variant, "precision": precision, "batch_seconds": seconds,
-               "grid_seconds": seconds * n_batches, "max_err": float(err.max()), "mean_err": float(err.mean()),
-               "nfe": nfe, "floor_s": floor}
-        if args.throughput_steps:
-            flags = "".join(f":{f}" for f in variant.split(":")[3:])
-            _, whole, whole_nfe = ours(network, emb, xyz, f"{geometry}:rk4:{args.throughput_steps}{flags}", args.chunk,
-                                       device)
-            row["one_solve_seconds"] = whole / whole_nfe * nfe
-        print(f"ours {variant} {precision}: {seconds:.2f} s on {args.batch} points, {nfe} evaluations", flush=True)
-        record(row)
-    torch.backends.cuda.matmul.allow_tf32 = False
-
-    for variant in args.full:
-        geometry = variant.split(":")[0]
-        logp_full, full_s, full_nfe = ours(network, emb, xyz, variant, args.chunk, device)
-        full_err = (logp_full[batch][ref_index] - reference[geometry]).abs()
-        precision, floor = precision_and_floor(variant, False, full_nfe)
-        record({"impl": "geodemo", "variant": variant, "precision": precision, "full_seconds": full_s,
-                "full_nfe": full_nfe, "full_max_err": float(full_err.max()), "full_mean_err": float(full_err.mean()),
-                "full_finite": bool(torch.isfinite(logp_full).all()), "floor_s": floor})
-        print(f"ours {variant} whole grid in one solve: {full_s:.1f} s, {full_nfe} evaluations, max / mean "
-              f"|dlogp| {full_err.max():.1e} / {full_err.mean():.1e}", flush=True)
-
-    base = next((r for r in rows if r["impl"] == "diff-plonk"), None)
-    print(f"\n{'impl':<11}{'variant':<36}{'prec':<7}{'batch s':>9}{'grid s':>10}{'speed-up':>9}{'one-solve s':>12}"
-          f"{'speed-up':>9}{'max|dlogp|':>11}{'mean|dlogp|':>12}{'NFE':>6}{'floor s':>9}")
-    for row in (r for r in rows if "batch_seconds" in r):
-        speed = f"{base['grid_seconds'] / row['grid_seconds']:.1f}x" if base else "-"
-        line = (f"{row['impl']:<11}{row['variant']:<36}{row['precision']:<7}{row['batch_seconds']:>9.2f}"
-                f"{row['grid_seconds']:>10.0f}{speed:>9}")
-        if "one_solve_seconds" in row:
-            line += f"{row['one_solve_seconds']:>12.0f}" + (f"{base['grid_seconds'] / row['one_solve_seconds']:>8.1f}x" if base else f"{'-':>9}")
-        else:
-            line += f"{'-':>12}{'-':>9}"
-        line += f"{row['max_err']:>11.1e}{row['mean_err']:>12.1e}"
-        if "nfe" in row:
-            line += f"{row['nfe']:>6}{row['floor_s']:>9.0f}"
-        print(line)
-    for row in (r for r in rows if "full_seconds" in r):
-        speed = f"{base['grid_seconds'] / row['full_seconds']:.1f}x" if base else "-"
-        print(f"whole grid, one solve, measured: {row['variant']} {row['full_seconds']:.0f} s ({speed} diff-plonk's "
-              f"extrapolated grid), {row['full_nfe']} NFE, max / mean |dlogp| {row['full_max_err']:.1e} / "
-              f"{row['full_mean_err']:.1e}, floor {row['floor_s']:.0f} s")
-    print(f"grid s = batch s x {n_batches:.1f} batches (extrapolated); one-solve s = cost per evaluation with all "
-          f"{len(grid)} points in one batch x the batch's NFE; floor = {point_flops(config) / 1e6:.1f} MFLOP x "
-          f"(1 + tangents: ambient 3, riemannian 2) x points x NFE / matmul rate (bf16x3: bf16 rate / 3)")
+    print(f"\n{'grid':>5}{'points':>8} {'impl':<11}{'accuracy':<9}{'seconds':>10}{'speed-up':>9}{'evals/pt':>10}"
+          f"{'max|dlogp|':>11}{'mean|dlogp|':>12}{'floor s':>9}")
+    for row in rows:
+        speed = f"{row['speedup']:.1f}x" if row.get("speedup") else "-"
+        evals = row.get("evals_per_point", row.get("nfe"))
+        flag = " (extrap.)" if row.get("extrapolated") else " (est.)" if row.get("estimated") else ""
+        floor = f"{row['floor_s']:>9.2f}" if "floor_s" in row else f"{'-':>9}"
+        print(f"{row['grid_deg']:>5g}{row['points']:>8} {row['impl']:<11}{row['accuracy']:<9}{row['seconds']:>10.2f}"
+              f"{speed:>9}{evals:>10.0f}{row['max_err']:>11.1e}{row['mean_err']:>12.1e}{floor}{flag}")
+    print(f"errors on {len(ref_latlon)} points against float64 dopri5 {args.reference_tol:g} (map: the "
+          f"{int(near.sum())} within 10 nats of the maximum); diff-plonk against the ambient reference (its quantity), "
+          f"ours against the {geometry} one; floor = {point_flops(model.config) / 1e6:.1f} MFLOP x (1 + tangents) x "
+          f"points x evaluations / matmul rate")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
                      end (t = 0), with the particles at t and, for the Riemannian flow, its tangent field at t
 
 Each has a `*_stages` generator that yields the result as it fills in (the app draws every stage; each stage is
-a snapshot that later stages leave unchanged); the plain function returns the complete result. Every result has `to_dict()` (lists and numbers, for JSON).
+a snapshot that later stages leave unchanged); the plain function returns the complete result. Every result has
+`to_dict()` (lists and numbers, for JSON).
 Definitions: spread = median distance (km) from the samples to their mean direction
 (geodemo.guidance_spread.spread_km); error = great-circle distance (km) to the true location;
 GeoScore = 5000 exp(-d / 1492.7 km) (geodemo.metrics.geoscore).

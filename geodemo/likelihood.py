@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 from torchdiffeq import odeint
 
+from geodemo.acceleration import compile_allowed
 from geodemo.guidance import guidance_batch, guided_output, guided_prediction, repeat_for_guidance
 from geodemo.network import GeoDenoiser, Precision
 from geodemo.processes import AmbientProcess, Process
@@ -23,9 +25,57 @@ from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_ba
 
 DensityGeometry = Literal["riemannian", "ambient"]
 """How the RFM density is taken: on S^2 (the field projected on the tangent plane) or in R^3 (the authors' way)."""
-FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
+RUNGE_KUTTA = {
+    "euler": ((), (1.0,)),
+    "midpoint": (((0.5,),), (0.0, 1.0)),
+    "rk4": (((0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+}
+"""Explicit fixed-step methods as (a, b) of their Butcher tableau (nodes c_i = sum_j a_ij); rk4 is the classic one."""
+FIXED_STEP_METHODS = tuple(RUNGE_KUTTA)
 MIN_RADIUS = 0.02
 """Smallest radius of the radial quadrature: a ray's quadrature never reaches the origin."""
+RadialRule = Literal["sinh", "hermite"]
+"""The radial quadrature of the R^3 processes: sinh-mapped Gauss-Legendre (any profile, many nodes) or
+Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: few nodes)."""
+Accuracy = Literal["default", "map"]
+"""The log-density presets: "default" at least as accurate as the authors' solver (adaptive dopri5, measured in
+benchmarks/README.md), "map" for drawing maps (fixed-step RK4: < 0.05 nats where log p is within 10 nats of its
+maximum, measured on the shipped models)."""
+
+
+@dataclass(frozen=True)
+class ODEOptions:
+    """Everything log_density's solve takes besides the model and the points (see log_density)."""
+
+    method: str = "dopri5"
+    atol: float = 2e-6
+    rtol: float = 2e-6
+    steps: int | None = None
+    radial_nodes: int = 20
+    radial_rule: RadialRule = "sinh"
+    precision: Precision = "native"
+    compile: bool = False
+    chunk_size: int = 8192
+    check_points: int = 0
+    """Fixed-step solves: re-solve this many points (check_indices) with twice the steps and radial nodes and
+    double both until the two agree within check_tolerance (0: no check)."""
+    check_tolerance: float = 0.025
+
+
+def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptions:
+    """The preset for `accuracy` on `device`. On CUDA the blocks' matmuls run on tensor cores (bf16x3: float32
+    accuracy, for "default"; one bf16 product, for "map") in a compiled pass with the whole grid in few chunks; on
+    a CPU in float32, eager."""
+    cuda = torch.device(device).type == "cuda"
+    compiled = compile_allowed(device)
+    if accuracy == "default":
+        return ODEOptions(precision="bf16x3" if cuda else "native", compile=compiled,
+                          chunk_size=1 << 17 if cuda else 8192)
+    if accuracy == "map":
+        return ODEOptions(method="rk4", steps=32, radial_nodes=4, radial_rule="hermite",
+                          precision="bf16" if cuda else "native", compile=compiled,
+                          chunk_size=1 << 17 if cuda else 4096, check_points=8)
+    raise ValueError(f"accuracy must be 'default' or 'map', got {accuracy!r}")
 
 
 def field_and_divergence(field: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +93,9 @@ def field_and_divergence(field: Callable[[torch.Tensor], torch.Tensor], y: torch
 
 @functools.cache
 def compiled_jvp() -> Callable:
-    """GeoDenoiser.jvp_modulated through torch.compile, made once per process so that its compilations (one per
-    network and input shape) are reused by every later solve."""
-    return torch.compile(GeoDenoiser.jvp_modulated, dynamic=False)
+    """GeoDenoiser.jvp_modulated through torch.compile with dynamic shapes, made once per process: one compilation
+    per network size and precision serves every number of points in every later solve."""
+    return torch.compile(GeoDenoiser.jvp_modulated, dynamic=True)
 
 
 def t_at_gamma(schedule: Schedule, gamma: float) -> float:
@@ -75,14 +125,31 @@ def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, me
         return torch.cat((dy, div.unsqueeze(-1)), dim=-1)
 
     state0 = torch.cat((y0, torch.zeros_like(y0[..., :1])), dim=-1)
-    times = torch.tensor([t_start, t_end], dtype=y0.dtype, device=y0.device)
-    if method in FIXED_STEP_METHODS:
-        options = {"step_size": (t_end - t_start) / (steps or 64)}
-        state1 = odeint(augmented, state0, times, method=method, options=options)[-1]
+    if method in RUNGE_KUTTA:
+        state1 = fixed_steps(augmented, state0, t_start, t_end, steps or 64, method)
     else:
+        times = torch.tensor([t_start, t_end], dtype=y0.dtype, device=y0.device)
         state1 = odeint(augmented, state0, times, method=method, atol=atol, rtol=rtol,
                         options={"norm": per_point_error_norm})[-1]
     return state1[..., :3], state1[..., 3]
+
+
+def fixed_steps(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], state: torch.Tensor, t_start: float,
+                t_end: float, steps: int, method: str = "rk4") -> torch.Tensor:
+    """`steps` equal steps of an explicit Runge-Kutta method (RUNGE_KUTTA) for d state/dt = fun(t, state):
+    k_i = fun(t + c_i h, state + h sum_j a_ij k_j), state += h sum_i b_i k_i."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    a, b = RUNGE_KUTTA[method]
+    h = (t_end - t_start) / steps
+    for n in range(steps):
+        t = t_start + n * h
+        ks = [fun(torch.tensor(t, dtype=state.dtype, device=state.device), state)]
+        for row in a:
+            stage = state + h * sum(coef * k for coef, k in zip(row, ks) if coef)
+            ks.append(fun(torch.tensor(t + sum(row) * h, dtype=state.dtype, device=state.device), stage))
+        state = state + h * sum(coef * k for coef, k in zip(b, ks) if coef)
+    return state
 
 
 class ODEField:
@@ -161,13 +228,25 @@ def r3_log_density(network: GeoDenoiser, process: AmbientProcess, schedule: Sche
     return -0.5 * y1.pow(2).sum(-1) / var - 1.5 * math.log(2 * math.pi * var) + int_div
 
 
-def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0
-                      ) -> tuple[float, np.ndarray, np.ndarray]:
+def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0,
+                      rule: RadialRule = "sinh") -> tuple[float, np.ndarray, np.ndarray]:
     """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k) at the noise level where the noise
-    scale s equals radial_sigma (y = a x0 + s n): Gauss-Legendre in u with r = a + s sinh(u), dr = s cosh(u) du,
-    over r in [a - reach s, a + reach s] (at least MIN_RADIUS): dense where the radial mass is, thin in the tails."""
+    scale s equals radial_sigma (y = a x0 + s n).
+    "sinh": Gauss-Legendre in u with r = a + s sinh(u), dr = s cosh(u) du, over r in [a - reach s, a + reach s] (at
+    least MIN_RADIUS): dense where the radial mass is, thin in the tails; right for any radial profile.
+    "hermite": Gauss-Hermite nodes r = a + s x with weights s w exp(x^2 / 2): exact for a Gaussian N(a, s^2) profile
+    times a polynomial of degree < 2 nodes, i.e. for the profile of the data on the sphere seen at noise s; a
+    profile much wider than s (far tails of a trained model) is underestimated."""
     t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
     a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
+    if rule == "hermite":
+        x, w = np.polynomial.hermite_e.hermegauss(nodes)
+        radii = a + s * x
+        if radii.min() < MIN_RADIUS:
+            raise ValueError(f"{nodes} Gauss-Hermite nodes reach below radius {MIN_RADIUS}: use the 'sinh' rule")
+        return t_start, radii, np.log(s * w) + x**2 / 2
+    if rule != "sinh":
+        raise ValueError(f"radial_rule must be 'sinh' or 'hermite', got {rule!r}")
     x, w = np.polynomial.legendre.leggauss(nodes)
     lo, hi = math.asinh(max(-reach, (MIN_RADIUS - a) / s)), math.asinh(reach)
     u = lo + (x + 1) * (hi - lo) / 2
@@ -178,22 +257,25 @@ def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma:
 
 @torch.no_grad()
 def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, xyz: torch.Tensor,
-                guidance: float = 0.0, geometry: DensityGeometry = "riemannian", method: str = "dopri5",
-                atol: float = 1e-5, rtol: float = 1e-5, steps: int | None = None, radial_sigma: float = 0.02,
-                radial_nodes: int = 20, chunk_size: int = 8192, precision: Precision = "native",
-                compile: bool = False, t_start: float = 0.0) -> torch.Tensor:
+                guidance: float = 0.0, geometry: DensityGeometry = "riemannian", accuracy: Accuracy = "default",
+                radial_sigma: float = 0.02, t_start: float = 0.0, **options) -> torch.Tensor:
     """log p(xyz | emb) in nats per steradian, shape (B, M). emb (B, C), xyz (B, M, 3) unit vectors.
 
     geometry="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
     geometry="ambient" (RFM, the authors' convention): raw field and R^3 divergence; not normalised on S^2.
     R^3 processes: the density of the directions y/|y| at noise level sigma = radial_sigma (y = a x0 + sigma n),
-    p_S2(u) = int p_R3(r u) r^2 dr, by a sinh-mapped Gauss-Legendre rule in r around r = a (radial_quadrature).
-    method: a torchdiffeq solver; "euler" / "midpoint" / "rk4" take `steps` fixed steps; adaptive ones keep every
-    point's error estimate within atol + rtol |state| (per_point_error_norm).
-    precision / compile: the network pass's speed options (see ODEField); "bf16x3" + compile is the fast GPU path.
+    p_S2(u) = int p_R3(r u) r^2 dr, by a radial rule around r = a (radial_quadrature).
+    accuracy: the preset of the solve for this device (accuracy_options); options override any ODEOptions field:
+    method (a torchdiffeq solver, or "euler" / "midpoint" / "rk4" with `steps` fixed steps; adaptive solvers keep
+    every point's error estimate within atol + rtol |state|, per_point_error_norm), radial_nodes / radial_rule,
+    precision / compile (the network pass's speed options, see ODEField) and chunk_size (points per solve).
     t_start (RFM): the density of the marginal p_t at t = t_start in [0, 1), the ODE running from t_start to the
     noise end t = 1 (0: the model's density); the R^3 processes set their time by radial_sigma instead.
     """
+    unknown = set(options) - set(asdict(ODEOptions()))
+    if unknown:
+        raise TypeError(f"unknown log_density options {sorted(unknown)}")
+    opts = replace(accuracy_options(accuracy, xyz.device), **options)
     if not (0 <= t_start < 1 and (process.on_sphere or t_start == 0)):
         raise ValueError(f"t_start must be in [0, 1) for the Riemannian flow and 0 otherwise, got {t_start}")
     if geometry not in ("riemannian", "ambient"):
@@ -204,27 +286,60 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
         raise ValueError("coordinates contain NaN or infinite values")
     emb = emb.to(xyz.dtype)
 
-    if process.on_sphere:
-        field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", precision, compile)
+    def solve(points: torch.Tensor, settings: ODEOptions) -> torch.Tensor:
+        if process.on_sphere:
+            field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", settings.precision,
+                             settings.compile)
 
-        def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
-            _, int_div = _solve(field, pts, t_start, 1.0, method, atol, rtol, steps)
-            return int_div - LOG_SPHERE_AREA
+            def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
+                _, int_div = _solve(field, pts, t_start, 1.0, settings.method, settings.atol, settings.rtol,
+                                    settings.steps)
+                return int_div - LOG_SPHERE_AREA
 
-        return _chunked(sphere_log_density, xyz, chunk_size)
+            return _chunked(sphere_log_density, points, settings.chunk_size)
+        start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, settings.radial_nodes,
+                                                      rule=settings.radial_rule)
+        radii = torch.as_tensor(radii_np, dtype=points.dtype, device=points.device)
+        log_w = torch.as_tensor(log_w_np, dtype=points.dtype, device=points.device)
+        k = radii.numel()
 
-    t_start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, radial_nodes)
-    radii = torch.as_tensor(radii_np, dtype=xyz.dtype, device=xyz.device)
-    log_w = torch.as_tensor(log_w_np, dtype=xyz.dtype, device=xyz.device)
-    k = radii.numel()
+        def ray_log_density(pts: torch.Tensor) -> torch.Tensor:
+            rays = (pts.unsqueeze(2) * radii.view(1, 1, k, 1)).reshape(pts.shape[0], -1, 3)
+            log_r3 = r3_log_density(network, process, schedule, emb, rays, start, guidance, settings.method,
+                                    settings.atol, settings.rtol, settings.steps, settings.precision, settings.compile)
+            return torch.logsumexp(log_r3.reshape(pts.shape[0], -1, k) + 2 * radii.log() + log_w, dim=-1)
 
-    def ray_log_density(pts: torch.Tensor) -> torch.Tensor:
-        rays = (pts.unsqueeze(2) * radii.view(1, 1, k, 1)).reshape(pts.shape[0], -1, 3)
-        log_r3 = r3_log_density(network, process, schedule, emb, rays, t_start, guidance, method, atol, rtol, steps,
-                                precision, compile)
-        return torch.logsumexp(log_r3.reshape(pts.shape[0], -1, k) + 2 * radii.log() + log_w, dim=-1)
+        return _chunked(ray_log_density, points, max(1, settings.chunk_size // k))
 
-    return _chunked(ray_log_density, xyz, max(1, chunk_size // k))
+    logp = solve(xyz, opts)
+    if not opts.check_points or opts.method not in RUNGE_KUTTA:
+        return logp
+    while True:  # step doubling: the same points with twice the steps (and radial nodes) must agree
+        index = check_indices(logp, opts.check_points)
+        points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
+        finer_opts = replace(opts, steps=2 * (opts.steps or 64), radial_nodes=2 * opts.radial_nodes)
+        finer = solve(points, finer_opts)
+        if (finer - logp.gather(1, index)).abs().max() <= opts.check_tolerance or finer_opts.steps > MAX_CHECKED_STEPS:
+            return logp
+        opts = finer_opts
+        logp = solve(xyz, opts)
+
+
+MAX_CHECKED_STEPS = 2048
+"""Step doubling stops at this many steps (8,192 evaluations for RK4) whatever the check says."""
+
+
+def check_indices(logp: torch.Tensor, count: int, within: float = 10.0) -> torch.Tensor:
+    """(B, <= count) indices of the points a step-doubling check re-solves, per row of logp (B, M): half the count
+    the highest, the rest spread evenly (in index order) over the points within `within` nats of the row's maximum."""
+    top = min(count // 2 or 1, logp.shape[1])
+    rows = []
+    for row in logp:
+        relevant = torch.nonzero(row >= row.max() - within).squeeze(1)
+        spread = relevant[torch.linspace(0, len(relevant) - 1, count - top, device=row.device).round().long()]
+        rows.append(torch.cat((torch.topk(row, top).indices, spread)).unique()[:count])
+    size = min(len(r) for r in rows)
+    return torch.stack([r[:size] for r in rows])
 
 
 def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], xyz: torch.Tensor, chunk_size: int) -> torch.Tensor:

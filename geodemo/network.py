@@ -76,16 +76,10 @@ class Modulations(NamedTuple):
         return Modulations(tuple(tuple(fn(m) for m in block) for block in self.blocks), tuple(fn(m) for m in self.final))
 
 
-class PointWeights(NamedTuple):
-    """The per-point layers' (weight, bias) pairs in one dtype: input, (mlp in, mlp out) per block, output."""
-
-    initial: tuple[torch.Tensor, torch.Tensor]
-    blocks: tuple[tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], ...]
-    final: tuple[torch.Tensor, torch.Tensor]
-
-
-Precision = Literal["native", "bf16x3"]
-"""How the blocks' matmuls run: in the weights' own dtype, or as three bfloat16 products (bf16x3_weight)."""
+Precision = Literal["native", "bf16x3", "bf16"]
+"""How the blocks' matmuls run: in the weights' own dtype, as three bfloat16 products (bf16x3_weight; float32
+accuracy), or as one bfloat16 product with float32 accumulation (relative error ~2^-8); the rest of the pass (inputs,
+LayerNorms, activations, output) stays in the weights' dtype."""
 
 
 def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,16 +97,22 @@ def bf16x3_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat((w_hi, w_lo, w_hi), dim=1).t().contiguous()
 
 
-def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision) -> torch.Tensor:
-    """x W^T. "bf16x3": x_hi W_hi^T + x_hi W_lo^T + x_lo W_hi^T (x = x_hi + x_lo, W = W_hi + W_lo in bfloat16) as
-    one bfloat16 matmul with float32 accumulation, weight from bf16x3_weight: relative error ~2^-16 (TF32: 2^-11,
-    bf16: 2^-8) at three bf16 products' cost; float32 output on CUDA, emulated in float32 elsewhere."""
+def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision,
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T (+ bias), weight in hidden_weights' form for `precision`. "bf16x3": x_hi W_hi^T + x_hi W_lo^T + x_lo W_hi^T
+    (x = x_hi + x_lo, W = W_hi + W_lo in bfloat16) as one bfloat16 matmul with float32 accumulation: relative error
+    ~2^-16 (TF32: 2^-11) at three bf16 products' cost. "bf16": bf16(x) bf16(W)^T, float32 accumulation, error ~2^-8.
+    Float32 output on CUDA; emulated in float32 elsewhere (for tests: no faster there)."""
     if precision == "native":
-        return F.linear(x, weight)
-    x_hi, x_lo = split_bf16(x)
-    a = torch.cat((x_hi, x_hi, x_lo), dim=-1).flatten(0, -2)
+        return F.linear(x, weight, bias)
+    if precision == "bf16x3":
+        x_hi, x_lo = split_bf16(x)
+        a = torch.cat((x_hi, x_hi, x_lo), dim=-1).flatten(0, -2)
+    else:
+        a = x.to(torch.bfloat16).flatten(0, -2)
     out = torch.mm(a, weight, out_dtype=torch.float32) if a.is_cuda else a.float() @ weight.float()
-    return out.view(*x.shape[:-1], -1)
+    out = out.view(*x.shape[:-1], -1)
+    return out if bias is None else out + bias
 
 
 def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,34 +190,32 @@ class GeoDenoiser(nn.Module):
         scale, shift = self.final_adaln(cond).chunk(2, dim=-1)
         return Modulations(tuple(block.modulation(cond) for block in self.blocks), (1 + scale, shift))
 
-    def point_weights(self, dtype: torch.dtype | None = None) -> PointWeights:
-        """The per-point layers' parameters, cast to dtype (no copy when it is already theirs)."""
-        pair = lambda lin: (lin.weight.to(dtype), lin.bias.to(dtype))  # noqa: E731
-        return PointWeights(pair(self.initial_mapper), tuple((pair(b.mlp[0]), pair(b.mlp[3])) for b in self.blocks),
-                            pair(self.final_linear))
-
-    def forward_modulated(self, y: torch.Tensor, mods: Modulations, weights: PointWeights | None = None) -> torch.Tensor:
+    def forward_modulated(self, y: torch.Tensor, mods: Modulations,
+                          weights: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+                          precision: Precision = "native") -> torch.Tensor:
         """The per-point part: y (..., N, 3) -> (..., N, 3) given precomputed modulations that broadcast
-        against (..., N, dim); with `weights` in another dtype, runs in that dtype and returns y's dtype."""
-        w = weights or self.point_weights()
-        dtype = w.initial[0].dtype
-        x = F.linear(y.to(dtype), *w.initial)
-        for (lin_in, lin_out), (scale1, shift, gate) in zip(w.blocks, mods.blocks):
+        against (..., N, dim). weights / precision: how the blocks' matmuls run (hidden_weights(precision),
+        hidden_product); everything else runs in the network's dtype."""
+        x = self.initial_mapper(y.to(self.initial_mapper.weight.dtype))
+        for block, (scale1, shift, gate), (w_in, w_out) in zip(self.blocks, mods.blocks,
+                                                               weights or self.hidden_weights(precision)):
             h = torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:]))
-            x = torch.addcmul(x, F.linear(F.gelu(F.linear(h, *lin_in)), *lin_out), gate)
+            a = F.gelu(hidden_product(h, w_in, precision, block.mlp[0].bias))
+            x = torch.addcmul(x, hidden_product(a, w_out, precision, block.mlp[3].bias), gate)
         scale1, shift = mods.final
-        return F.linear(torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:])), *w.final).to(y.dtype)
+        return self.final_linear(torch.addcmul(shift, scale1, F.layer_norm(x, x.shape[-1:]))).to(y.dtype)
 
     def hidden_weights(self, precision: Precision = "native") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """Each block's two MLP weights in the form hidden_product takes for `precision` ("bf16x3": float32
-        networks only)."""
+        """Each block's two MLP weights in the form hidden_product takes for `precision` (the bfloat16 forms:
+        float32 networks only)."""
         if precision == "native":
             return tuple((b.mlp[0].weight, b.mlp[3].weight) for b in self.blocks)
-        if precision != "bf16x3":
-            raise ValueError(f"precision must be 'native' or 'bf16x3', got {precision!r}")
+        if precision not in ("bf16x3", "bf16"):
+            raise ValueError(f"precision must be 'native', 'bf16x3' or 'bf16', got {precision!r}")
         if self.initial_mapper.weight.dtype != torch.float32:
-            raise ValueError("precision 'bf16x3' needs a float32 network")
-        return tuple((bf16x3_weight(b.mlp[0].weight), bf16x3_weight(b.mlp[3].weight)) for b in self.blocks)
+            raise ValueError(f"precision {precision!r} needs a float32 network")
+        form = bf16x3_weight if precision == "bf16x3" else lambda w: w.t().to(torch.bfloat16).contiguous()
+        return tuple((form(b.mlp[0].weight), form(b.mlp[3].weight)) for b in self.blocks)
 
     def jvp_modulated(self, y: torch.Tensor, tangents: torch.Tensor, mods: Modulations,
                       weights: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,

@@ -9,6 +9,10 @@ uniform on [0, 1] and R_m holds the truth with probability m.
 
 A post-hoc temperature T reshapes the density as p_T(x) = p(x)^(1/T) / Z_T: T > 1 widens (for an overconfident
 model), T < 1 sharpens; the regions stay nested in the same order, only their masses change.
+
+Without a map, N draws x_i of p and their log p give the same quantities by Monte Carlo: the level of y is the
+share of draws denser than y, the area of {p >= t} is E_p[1{p >= t} / p], and p_T is reached by the importance
+weights p^(1/T - 1).
 """
 
 from __future__ import annotations
@@ -62,18 +66,47 @@ def density_levels(cells: DensityCells, log_density: torch.Tensor) -> torch.Tens
     return cumulative[denser].reshape(values.shape)
 
 
-def sample_levels(sample_log_density: torch.Tensor, log_density: torch.Tensor) -> torch.Tensor:
-    """Monte Carlo level of points from the model's own samples: the share of samples (..., N) whose log p
-    exceeds each point's log p (...); ties count half."""
+def check_temperature(temperature: float) -> None:
+    """ValueError unless the temperature is a positive finite number."""
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"the temperature must be a positive number, got {temperature}")
+
+
+def sample_weights(sample_log_density: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(..., N) self-normalised importance weights that turn N draws from p into draws from p_T: proportional to
+    p^(1/T) / p = exp((1/T - 1) log p) (uniform at T = 1; p_T has p's support, so no region is missed)."""
+    check_temperature(temperature)
+    logp = torch.as_tensor(sample_log_density, dtype=torch.float64)
+    return torch.softmax((1 / temperature - 1) * logp, dim=-1)
+
+
+def sample_levels(sample_log_density: torch.Tensor, log_density: torch.Tensor, temperature: float = 1.0
+                  ) -> torch.Tensor:
+    """Monte Carlo level of points from N of the model's own samples: the (weighted, sample_weights) share of
+    samples (..., N) whose log p exceeds each point's log p (...); ties count half. Uses no map."""
+    weights = sample_weights(sample_log_density, temperature)
     samples = torch.as_tensor(sample_log_density, dtype=torch.float64)
     value = torch.as_tensor(log_density, dtype=torch.float64).unsqueeze(-1)
-    return ((samples > value).double() + 0.5 * (samples == value).double()).mean(dim=-1)
+    return (weights * ((samples > value).double() + 0.5 * (samples == value).double())).sum(dim=-1)
+
+
+def sample_region_area_km2(sample_log_density: torch.Tensor, mass: float, temperature: float = 1.0) -> torch.Tensor:
+    """(...) area of the highest-density region of p_T holding `mass`, from N draws of p (..., N): the region is
+    {log p >= t}, t the largest sample value whose (weighted) share of samples at or above it reaches `mass`;
+    its area is E_p[1{log p >= t} / p] (importance sampling), times R^2."""
+    if not 0 < mass <= 1:
+        raise ValueError(f"the credible mass must lie in (0, 1], got {mass}")
+    logp = torch.as_tensor(sample_log_density, dtype=torch.float64)
+    ordered, order = torch.sort(logp, dim=-1, descending=True)
+    reached = torch.cumsum(torch.gather(sample_weights(logp, temperature), -1, order), dim=-1) >= mass - 1e-12
+    last = reached.double().argmax(dim=-1, keepdim=True)  # the first sample (densest first) reaching the mass
+    inside = torch.arange(logp.shape[-1]) <= last
+    return (inside * torch.exp(-ordered)).mean(dim=-1) * EARTH_RADIUS_KM**2
 
 
 def temper(cells: DensityCells, temperature: float) -> DensityCells:
     """The cells of p_T = p^(1/T) / Z_T, Z_T = sum_k exp(log p_k / T) Omega_k (normalised on this grid)."""
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"the temperature must be a positive number, got {temperature}")
+    check_temperature(temperature)
     scaled = cells.log_density / temperature
     log_z = torch.logsumexp(scaled + cells.solid_angle.log(), dim=0)
     return DensityCells(cells.bounds, scaled - log_z, cells.level, cells.evaluations)

@@ -1,19 +1,21 @@
 """The app's temporary folder, bounded: per-request downloads and Gradio's cache of uploads and served files.
 
 The folder belongs to one app (Gradio's GRADIO_TEMP_DIR; by default <system temp>/geodemo-app). Each request's
-downloads go into a fresh sub-folder of it, so Gradio serves them without copying. Two cleaners keep it bounded:
-Gradio's own (Blocks(delete_cache=(prune_every_s, max_age_s))) removes the files it tracks once older than
-max_age_s; `RequestFiles.prune` (run by a request at most once per prune_every_s) removes whatever is older than
-max_age_s + prune_every_s (what Gradio no longer tracks, e.g. left by an earlier run), then the oldest files while
-the total exceeds max_bytes, then the empty folders left behind. The files Gradio must keep (example thumbnails,
-components' initial values) stay. Footprint bound: max_bytes + the kept files + what is written between two
-prunes.
+downloads go into a fresh sub-folder of it, so Gradio serves them without copying. Pruning (by the request that
+finds one due, and by a background thread, once per prune_every_s) keeps it bounded: files older than max_age_s
+go, then the oldest files while the total exceeds max_bytes (a file younger than keep_fresh_s stays: its request
+may still be fetching it), then the empty folders left behind; Gradio is told to forget what went. The files
+Gradio must keep (example thumbnails, components' initial values) stay. Footprint bound: max_bytes + the kept
+files + what the app wrote in the last max(keep_fresh_s, prune_every_s).
+
+Gradio's own delete_cache is not used: its scheduled task iterates sets that requests add to, and dies on the
+first "Set changed size during iteration" (seen under load), after which nothing would be removed.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+log = logging.getLogger(__name__)
 APP_FOLDER = "geodemo-app"
 """The app's folder under the system's temporary directory when the operator names none."""
 REQUEST_PREFIX = "request-"
@@ -38,11 +41,13 @@ def use_own_temp_dir(folder: str | Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class TempBounds:
-    """How long a file may stay (seconds), how many bytes the folder may hold, how often it is pruned."""
+    """How long a file may stay and how many bytes the folder may hold; how often it is pruned; how long a new
+    file is spared by the size rule. Seconds and bytes."""
 
     max_age_s: float = 3600.0
     max_bytes: int = 512 * 2**20
     prune_every_s: float = 60.0
+    keep_fresh_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -95,19 +100,25 @@ def _remove_empty_folders(root: Path, older_than: float) -> None:
 class RequestFiles:
     """Writes each request's files into a fresh folder under `root` and keeps `root` within `bounds`.
 
-    keep: returns the paths that must never be removed (asked at each prune). Thread-safe: one prune at a time;
-    a request that finds a prune running does not wait for it.
+    keep: the paths never to remove (asked at each prune); forget: told the paths removed (Gradio's bookkeeping).
+    Thread-safe: one prune at a time; a request that finds a prune running does not wait for it.
     """
 
-    def __init__(self, root: str | Path, bounds: TempBounds = TempBounds(), keep: Callable[[], Iterable[str]] = tuple):
+    def __init__(self, root: str | Path, bounds: TempBounds = TempBounds(), keep: Callable[[], Iterable[str]] = tuple,
+                 forget: Callable[[set[str]], None] = lambda paths: None):
         self.root = Path(root).resolve()
         self.bounds = bounds
         self.keep = keep
+        self.forget = forget
         self._pruning = threading.Lock()
         self._last_prune = -float("inf")
+        self._stop = threading.Event()
+        self._starting = threading.Lock()
+        self._pruner: threading.Thread | None = None
 
     def write(self, files: dict[str, str]) -> list[Path]:
         """Write {file name: text} into a fresh folder for one request (pruning first when one is due)."""
+        self._start_pruner()
         if time.monotonic() - self._last_prune >= self.bounds.prune_every_s:
             self.prune()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -120,8 +131,8 @@ class RequestFiles:
         return paths
 
     def prune(self, now: float | None = None) -> Footprint | None:
-        """Remove what is older than max_age_s + prune_every_s (Gradio had its turn), then the oldest files down
-        to max_bytes, then empty folders. Returns the footprint left, or None when another prune was running."""
+        """Remove what is older than max_age_s, then the oldest files (not fresh ones) down to max_bytes, then
+        empty folders. Returns the footprint left, or None when another prune was running."""
         if not self._pruning.acquire(blocking=False):
             return None
         try:
@@ -130,13 +141,18 @@ class RequestFiles:
             kept = {str(Path(p).resolve()) for p in self.keep()}
             files = sorted(_files(self.root), key=lambda f: f.changed)
             total = sum(f.size for f in files)
-            left = []
+            left, removed = [], set()
             for f in files:
-                too_old = now - f.changed > self.bounds.max_age_s + self.bounds.prune_every_s
-                if f.path not in kept and (too_old or total > self.bounds.max_bytes) and _unlink(f.path):
+                age = now - f.changed
+                expired = age > self.bounds.max_age_s or (total > self.bounds.max_bytes
+                                                          and age > self.bounds.keep_fresh_s)
+                if f.path not in kept and expired and _unlink(f.path):
                     total -= f.size
+                    removed.add(f.path)
                 else:
                     left.append(f)
+            if removed:
+                self.forget(removed)
             _remove_empty_folders(self.root, older_than=now - EMPTY_FOLDER_GRACE_S)
             return Footprint(len(left), sum(f.size for f in left))
         finally:
@@ -154,9 +170,27 @@ class RequestFiles:
         return Footprint(len(files), sum(f.size for f in files))
 
     def clear(self) -> None:
-        """Remove every request folder (when the app stops; Gradio removes its own cached files itself)."""
-        for folder in self.root.glob(f"{REQUEST_PREFIX}*"):
-            shutil.rmtree(folder, ignore_errors=True)
+        """When the app stops: stop pruning, remove every file but the kept ones, and every empty folder."""
+        self._stop.set()
+        kept = {str(Path(p).resolve()) for p in self.keep()}
+        removed = {f.path for f in _files(self.root) if f.path not in kept and _unlink(f.path)}
+        self.forget(removed)
+        _remove_empty_folders(self.root, older_than=float("inf"))
+
+    def _start_pruner(self) -> None:
+        """Prune in the background too, so that the folder shrinks when no request comes (uploads alone)."""
+        with self._starting:
+            if self._pruner is None and self.bounds.prune_every_s > 0 and not self._stop.is_set():
+                self._pruner = threading.Thread(target=self._prune_until_stopped, name="geodemo-temp-pruner",
+                                                daemon=True)
+                self._pruner.start()
+
+    def _prune_until_stopped(self) -> None:
+        while not self._stop.wait(self.bounds.prune_every_s):
+            try:
+                self.prune()
+            except Exception:  # noqa: BLE001 - the pruner outlives any one failure; the next round retries
+                log.exception("pruning %s failed", self.root)
 
 
 def _unlink(path: str) -> bool:

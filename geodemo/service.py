@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -22,6 +22,7 @@ from geodemo.checkpoint import CheckpointError
 from geodemo.examples import known_location
 from geodemo.hub import official_model, official_models
 from geodemo.images import LoadedImage, load_image
+from geodemo.likelihood import accuracy_options
 from geodemo.paths import ASSETS_DIR
 from geodemo.pipeline import GeoPipeline, Prediction, load
 from geodemo.processes import AmbientProcess
@@ -45,8 +46,9 @@ one-prediction answer at w = 2."""
 GUIDED_CANDIDATES = 32
 """Guided (w = POINT_GUIDANCE) samples drawn for the best guess; the one of highest log p at w = 0 wins
 (geodemo.summary: the best-guess rule)."""
-DENSITY_ODE = {"method": "rk4", "steps": 8, "radial_nodes": 5}
-"""ODE options for interactive maps: fixed-step RK4 (the tolerance-controlled dopri5 solve is for evaluation)."""
+DENSITY_ODE = "map"
+"""The log-density accuracy of maps and scored samples (geodemo.likelihood.accuracy_options): fixed-step RK4, within
+0.05 nats of the exact density where it is within 10 nats of its maximum (benchmarks/README.md)."""
 DENSITY_GUIDANCE = 0.0
 """The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
 sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
@@ -202,10 +204,11 @@ def image_truth(loaded: LoadedImage) -> tuple[tuple[float, float] | None, str]:
 
 
 def density_options(pipe: GeoPipeline) -> dict:
-    """The map's ODE options for this model (the radial quadrature only for the R^3 processes)."""
-    options = dict(DENSITY_ODE)
+    """The map's ODE options for this model on its device, written out (DENSITY_ODE's preset; the radial
+    quadrature only for the R^3 processes)."""
+    options = asdict(accuracy_options(DENSITY_ODE, pipe.device))
     if pipe.process.on_sphere:
-        options.pop("radial_nodes")
+        del options["radial_nodes"], options["radial_rule"]
     return options
 
 

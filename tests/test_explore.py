@@ -27,8 +27,9 @@ SMALL_MAP = {"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 6}
 def models(tmp_path_factory):
     """Three random-weight models with the test encoder, one per process."""
     root = tmp_path_factory.mktemp("explore-models")
+    processes = {"rfm": "rfm_s2", "flow": "flow_r3", "diffusion": "diffusion_r3"}
     return {name: geodemo.load(build_test_model(root / name, process=process, seed=i), device="cpu")
-            for i, (name, process) in enumerate((("rfm", "rfm_s2"), ("flow", "flow_r3"), ("diffusion", "diffusion_r3")))}
+            for i, (name, process) in enumerate(processes.items())}
 
 
 @pytest.fixture(scope="module")

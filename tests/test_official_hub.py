@@ -180,3 +180,38 @@ def test_a_partial_cached_snapshot_is_not_taken_for_a_model(hub_cache):
     (repo / "refs" / "main").write_text(COMMIT)
     with pytest.raises(hub.HubUnavailableError, match="not in the local Hugging Face cache"):
         hub.resolve("nicolas-dufour/PLONK_YFCC")
+
+
+def test_cli_and_encoder_dir_errors_name_the_flag(hub_cache, tmp_path, capsys):
+    from geodemo import cli
+    from geodemo.encoders import sources
+
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"")  # never read: the model fails first
+    assert cli.main(["predict", str(image), "--encoder-dir", str(tmp_path / "nowhere")]) == 2
+    assert "encoder directory" in capsys.readouterr().err and sources.encoder_dir() is None
+    assert cli.main(["predict", str(image), "--model", "nicolas-dufour/PLONK_YFCC"]) == 2
+    err = capsys.readouterr().err
+    assert "geodemo predict IMAGE --model PLONK_YFCC --encoder-dir encoders" in err and "geodemo.load" not in err
+    with pytest.raises(hub.HubUnavailableError, match="geodemo.load"):  # the CLI put the API's words back
+        geodemo.load("nicolas-dufour/PLONK_YFCC", device="cpu")
+
+
+def test_an_encoder_directory_serves_the_encoder(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from geodemo.encoders import get_encoder, set_encoder_dir
+    from geodemo.encoders.sources import ready_offline
+
+    vision = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, image_size=56,
+                  patch_size=14, projection_dim=32, hidden_act="quick_gelu")
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(tmp_path / "encoders" / "StreetCLIP",
+                                                                safe_serialization=False)
+    set_encoder_dir(tmp_path / "encoders")
+    try:
+        assert ready_offline("street_clip") and not ready_offline("dinov2_vitl14_reg")
+        encoder = get_encoder("street_clip")
+        assert encoder.dim == 1024 and encoder.built()[0].tower.conv1.weight.shape == (64, 3, 14, 14)
+    finally:
+        set_encoder_dir(None)

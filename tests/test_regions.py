@@ -13,7 +13,7 @@ import torch
 
 from geodemo.adaptive_density import DensityCells, progressive_density
 from geodemo.regions import (connected_components, credible_region, density_levels, point_levels, sample_levels,
-                             temper)
+                             sample_region_area_km2, temper)
 from geodemo.sphere import EARTH_RADIUS_KM, latlon_to_xyz, sample_vmf, vmf_log_density, xyz_to_latlon
 
 TOKYO, SYDNEY, DATE_LINE, NORTH_POLE = (35.68, 139.69), (-33.87, 151.21), (-17.0, 180.0), (90.0, 0.0)
@@ -24,6 +24,11 @@ def cap_area_km2(kappa: float, mass: float) -> float:
     """Area of the vMF cap holding `mass`: 1 - cos a = -log(1 - m (1 - e^{-2 kappa})) / kappa."""
     one_minus_cos = -math.log1p(mass * math.expm1(-2 * kappa)) / kappa
     return 2 * math.pi * one_minus_cos * EARTH_RADIUS_KM**2
+
+
+def cap_mass(kappa: float, angle_rad: float) -> float:
+    """Mass of vMF(kappa) within angle_rad of its mean: (1 - exp(-kappa (1 - cos a))) / (1 - exp(-2 kappa))."""
+    return math.expm1(-kappa * (1 - math.cos(angle_rad))) / math.expm1(-2 * kappa)
 
 
 def mixture_log_density(parts: tuple[tuple[float, tuple[float, float], float], ...], latlon: torch.Tensor) -> torch.Tensor:
@@ -103,6 +108,25 @@ def test_levels_of_draws_from_the_density_are_uniform_and_agree():
         assert torch.equal(credible_region(cells, mass).contains(points), by_cell < mass)
     own = mixture_log_density(TWO, draws(TWO, 2000, seed=3))
     assert (sample_levels(own, mixture_log_density(TWO, points[:200])) - exact[:200]).abs().max() < 0.05
+
+
+def test_monte_carlo_levels_and_areas_from_draws_match_the_vmf_caps():
+    """From draws of vMF(kappa) and their log p: the region areas of p and of p_T = vMF(kappa / T), and the
+    level of points, which for vMF(kappa') is the cap mass inside the point's angle."""
+    own = draws(ONE, 20000, seed=4)
+    own_logp = mixture_log_density(ONE, own)
+    points = draws(ONE, 300, seed=5)
+    angle = torch.acos((latlon_to_xyz(points) * latlon_to_xyz(torch.tensor(TOKYO, dtype=torch.float64))).sum(-1)
+                       .clamp(-1, 1))
+    for t in (1.0, 1.5, 0.7):
+        for mass in (0.5, 0.9):
+            area = float(sample_region_area_km2(own_logp, mass, temperature=t))
+            assert area == pytest.approx(cap_area_km2(KAPPA / t, mass), rel=0.05), (t, mass)
+        levels = sample_levels(own_logp, mixture_log_density(ONE, points), temperature=t)
+        exact = torch.tensor([cap_mass(KAPPA / t, float(a)) for a in angle], dtype=torch.float64)
+        assert (levels - exact).abs().max() < 0.03, t
+    with pytest.raises(ValueError, match="temperature"):
+        sample_levels(own_logp, own_logp[:3], temperature=-1.0)
 
 
 def test_density_levels_against_a_slow_float64_sum():
