@@ -177,7 +177,7 @@ def main() -> None:
     else:  # half the highest of a map on the coarsest grid, half spread over it
         coarse = grids[max(args.grids)]
         first, _, _ = model.log_density(latlon_to_xyz(torch.from_numpy(coarse)).float().unsqueeze(0).to(device),
-                                        accuracy="map")
+                                        accuracy="map", compile=False)
         half = args.reference_points // 2
         spread = torch.linspace(0, len(coarse) - 1, args.reference_points - half).round().long()
         ref_latlon = coarse[torch.cat((first.topk(half).indices, spread)).unique().numpy()]

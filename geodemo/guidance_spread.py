@@ -57,24 +57,43 @@ def read_table(path: Path = SPREAD_TABLE) -> dict:
 
 
 def guidance_hint(model: str, table: dict | None = None) -> str:
-    """One short paragraph for people: what guidance w does to this model's samples, from the measured table
-    (per w: the fewest and most distinct positions over the example views, and the median spread)."""
+    """Markdown for people: what guidance w does to this model's samples, from the measured table: per w the
+    fewest-most distinct positions over the example views and the spread (median / largest over the views),
+    with a one-line reading (reading())."""
     table = read_table() if table is None else table
     entry = table.get("models", {}).get(model)
     if not entry:
-        return ("Guidance w > 0 trades the model's own distribution (w = 0) for guided samples that may cluster, "
-                "collapse onto one point or spread again, depending on the model: not measured for this model.")
+        return ("w = 0 shows the model's own distribution. What larger w does (sharpen, collapse onto one point, or "
+                "spread again) depends on the model and has not been measured for this one.")
     setup = table.get("setup", {})
     n = setup.get("samples", "N")
-    parts = []
+    lines = [f"**What w does to {model}'s samples** ({reading(entry['rows'])}; measured on the "
+             f"{setup.get('views', 'shipped')} example views, {n} samples, {setup.get('steps', '?')} steps, "
+             f"seed {setup.get('seed', 0)}):", "",
+             f"| w | distinct positions of {n} | spread (median / largest) |", "|---|---|---|"]
     for row in entry["rows"]:
-        distinct, spread = row["distinct"], float(np.median(row["spread_km"]))
+        distinct = row["distinct"]
         count = f"{min(distinct)}" if min(distinct) == max(distinct) else f"{min(distinct)}-{max(distinct)}"
-        parts.append(f"w = {row['guidance']:g}: {count} distinct of {n}, {_km(spread)}")
-    return (f"Measured for **{model}** on the {setup.get('views', 'shipped')} example views ({n} samples, "
-            f"{setup.get('steps', '?')} steps, seed {setup.get('seed', 0)}; distinct positions to ~100 m, median "
-            f"distance to the samples' mean): " + "; ".join(parts) + ". w = 0 shows the model's own distribution; "
-            "the best-guess marker is always the guided (w = 2) point estimate.")
+        lines.append(f"| {row['guidance']:g} | {count} | {_km(float(np.median(row['spread_km'])))} / "
+                     f"{_km(max(row['spread_km']))} |")
+    return "\n".join(lines)
+
+
+def reading(rows: list[dict]) -> str:
+    """One clause on what the measured rows show: where the samples collapse onto (about) one point, and where
+    they spread again (the largest spread over the views grows past 3x its smallest at a lower w)."""
+    parts = []
+    collapsed = [r["guidance"] for r in rows if r["guidance"] > 0 and max(r["distinct"]) <= 2]
+    if collapsed:
+        parts.append(f"from w = {collapsed[0]:g} all samples fall on one point")
+    tightest = float("inf")
+    for row in rows:
+        widest = max(row["spread_km"])
+        if row["guidance"] > 0 and widest > 3 * tightest and widest > 10:
+            parts.append(f"at w = {row['guidance']:g} they spread again")
+            break
+        tightest = min(tightest, widest)
+    return "; ".join(parts) or "larger w draws the samples closer together"
 
 
 def _km(distance: float) -> str:
