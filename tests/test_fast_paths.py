@@ -103,8 +103,11 @@ def test_graphed_step_loop_equals_the_eager_loop():
         runs = [sample(net, RiemannianFlowS2(), SCHEDULE, emb, 128, steps=8, guidance=2.0, seed=seed,
                        trajectories=trajectories, graphs=graphs) for seed in (1, 2) for graphs in (False, True)]
         for eager, graphed in (runs[:2], runs[2:]):  # the second seed replays the first capture
-            assert torch.allclose(eager.xyz, graphed.xyz, atol=1e-6)
+            # the same arithmetic; cuBLAS may pick other kernels under capture, so rounding may differ
+            assert max_degrees(eager.xyz, graphed.xyz) < 1e-3
             assert (eager.trajectories is None) == (graphed.trajectories is None)
+            if trajectories:
+                assert eager.trajectories.shape == graphed.trajectories.shape == (2, 9, 128, 3)
 
 
 def test_fast_log_density_matches_the_generic_path_float64():
