@@ -231,7 +231,10 @@ def embed_items(pipe: GeoPipeline, items: list[Item], batch_size: int) -> tuple[
     pending: list[tuple[int, object]] = []
     for i, item in enumerate(items):
         if item.embedding is not None:
-            emb[i] = torch.from_numpy(item.embedding)
+            if item.embedding.shape != (emb.shape[1],):
+                errors[i] = f"its embedding has shape {item.embedding.shape}; the model takes {emb.shape[1]} values"
+            else:
+                emb[i] = torch.from_numpy(item.embedding)
             continue
         try:
             loaded = load_image(item.image)

@@ -73,7 +73,6 @@ def predict_one(pipe, path: str, request, scored: int, likelihood: bool = True) 
 
 
 def run_predict(args: argparse.Namespace, out: TextIO) -> int:
-    set_local_copy_use(LOCAL_COPIES)
     try:
         set_encoder_dir(args.encoder_dir)
         request = check_request(args.samples, args.steps, args.guidance, args.seed)
@@ -103,4 +102,8 @@ def run_predict(args: argparse.Namespace, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args, out or sys.stdout)
+    previous = set_local_copy_use(LOCAL_COPIES)  # hub messages name this command's flags, for this call only
+    try:
+        return args.run(args, out or sys.stdout)
+    finally:
+        set_local_copy_use(previous)

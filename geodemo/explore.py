@@ -31,11 +31,11 @@ from geodemo.examples import example_views
 from geodemo.grids import fibonacci_grid
 from geodemo.guidance_spread import spread_km
 from geodemo.images import load_image
-from geodemo.likelihood import FIXED_STEP_METHODS, ODEField, log_density as likelihood_log_density, t_at_gamma
+from geodemo.likelihood import FIXED_STEP_METHODS, ODEField, ODEOptions, log_density as likelihood_log_density, t_at_gamma
 from geodemo.metrics import geoscore
 from geodemo.pipeline import GeoPipeline
 from geodemo.processes import AmbientProcess
-from geodemo.service import MAP_OPTIONS, check_request, density_options, sample_log_density
+from geodemo.service import DENSITY_GUIDANCE, MAP_OPTIONS, check_request, density_options
 from geodemo.sphere import LOG_SPHERE_AREA, haversine_km, xyz_to_latlon
 from geodemo.summary import Summary, summarize
 
@@ -51,6 +51,18 @@ FIELD_POINTS = 200
 """Points of the Fibonacci lattice where the Riemannian flow's tangent field is drawn."""
 DATA_END_SIGMA = inspect.signature(likelihood_log_density).parameters["radial_sigma"].default
 """The noise level at which log_density takes the R^3 processes' density of directions (its data end)."""
+SINH_NODES = ODEOptions().radial_nodes
+"""Radial nodes of the "sinh" rule, right for the wide radial profiles of the R^3 marginals at t > 0."""
+
+
+def classroom_density_options(pipe: GeoPipeline) -> dict:
+    """The app's map options (geodemo.service.density_options) without the step-doubling check that confirms
+    their accuracy on a few points: it re-solves every point with twice the steps until they agree, up to ten times
+    the cost on the R^3 models, more than an interactive lesson can wait."""
+    options = density_options(pipe)
+    if options.get("check_points"):
+        options["check_points"] = 0
+    return options
 
 
 def complete(stages: Iterator[T]) -> T:
@@ -144,8 +156,9 @@ def compare_processes_stages(pipes: Mapping[str, GeoPipeline], image: Image.Imag
                              num_samples: int = 64, steps: int = 32, guidance: float = 0.0, seed: int = 0,
                              truth: LatLon | None = None, scored: int = SCORED_SAMPLES) -> Iterator[Comparison]:
     """Sample the image under each model from the same seed; yields after each model's samples (best guess =
-    the densest sample), then after each model's first `scored` samples got their exact log-density (best guess
-    = the most likely of them; localizability = their mean log p, nats/sr). The last stage has complete=True."""
+    the densest sample), then after each model's first `scored` samples got their log-density at w = 0
+    (classroom_density_options; best guess = the most likely of them; localizability = their mean log p, nats/sr).
+    The last stage has complete=True."""
     request = check_request(num_samples, steps, guidance, seed)
     embeddings = _embeddings(image)
     runs: list[ProcessRun] = []
@@ -167,7 +180,8 @@ def compare_processes_stages(pipes: Mapping[str, GeoPipeline], image: Image.Imag
         for i, (name, pipe) in enumerate(pipes.items()):
             started = time.perf_counter()
             run = runs[i]
-            logp = sample_log_density(pipe, embeddings.of(pipe), run.samples, limit=scored)
+            logp = pipe.log_density(run.samples[:scored], embeddings=embeddings.of(pipe), guidance=DENSITY_GUIDANCE,
+                                    **classroom_density_options(pipe))[0]
             runs[i] = ProcessRun(run.model, run.process, run.samples, run.trajectories_xyz,
                                  summarize(run.samples, logp, truth=truth, truth_source="given"), run.spread_km,
                                  run.sampling_seconds, time.perf_counter() - started)
@@ -425,6 +439,8 @@ def marginal_options(pipe: GeoPipeline, t: float, options: dict) -> dict:
     if isinstance(pipe.process, AmbientProcess):
         noise = pipe.process.signal_and_noise(_gamma(pipe, t))[1]
         options["radial_sigma"] = max(options.get("radial_sigma", DATA_END_SIGMA), noise)
+        if noise > DATA_END_SIGMA and options.get("radial_rule") == "hermite":
+            options.update(radial_rule="sinh", radial_nodes=SINH_NODES)  # the noised profile is not N(a, s^2)
     elif t > 0:
         options["t_start"] = t
     return options
@@ -436,7 +452,7 @@ def marginal_log_density(pipe: GeoPipeline, embedding: torch.Tensor, t: float, g
     else log_density with marginal_options (the probability-flow ODE from t to the noise end)."""
     if at_noise_end(pipe, t):
         return lambda latlon: torch.full((len(latlon),), -LOG_SPHERE_AREA, dtype=torch.float64)
-    ode = marginal_options(pipe, t, density_options(pipe) if options is None else options)
+    ode = marginal_options(pipe, t, classroom_density_options(pipe) if options is None else options)
     return lambda latlon: pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **ode)[0]
 
 
@@ -474,7 +490,7 @@ def probability_path_stages(pipe: GeoPipeline, image: Image.Image | Embeddings, 
     """
     request = check_request(num_samples, steps, guidance, seed)
     embedding = _embeddings(image).of(pipe)
-    options = density_options(pipe) if ode_options is None else dict(ode_options)
+    options = classroom_density_options(pipe) if ode_options is None else dict(ode_options)
     trajectories = pipe.predict(embeddings=embedding, num_samples=request.num_samples, steps=request.steps,
                                 guidance=request.guidance, seed=request.seed, trajectories=True).trajectories_xyz[0]
     grid = fibonacci_grid(FIELD_POINTS).xyz

@@ -51,7 +51,7 @@ def build_test_model(folder: Path, process: str = "rfm_s2", dim: int = 64, depth
     with torch.no_grad():
         for block in network.blocks:
             block.mlp[3].weight.normal_(0, 0.05)
-        network.final_linear.weight.normal_(0, 0.3)
+        network.final_linear.weight.normal_(0, 0.05)  # a field smooth enough for RK4 at 32 steps (the map check)
     return save_checkpoint(folder, network, process, schedule_to_config(SigmoidSchedule()), TEST_ENCODER,
                            metadata={"description": "random weights, for tests only"})
 

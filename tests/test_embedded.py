@@ -30,7 +30,7 @@ def test_names_resolve_to_shipped_folders():
     assert shipped_folder("no-such-model") is None
     entry = lookup("default")
     assert (entry.kind, entry.folder, entry.process(), entry.encoder()) == (
-        "shipped", ASSETS_DIR / "earth-rfm", "rfm_s2", "efficientnet_lite0")
+        "shipped", ASSETS_DIR / "earth-rfm", "rfm_s2", "efficientnet_lite0_grid2")
     with pytest.raises(CheckpointError, match="not a model"):
         geodemo.load("no-such-model")
     with pytest.raises(CheckpointError, match="no such folder"):

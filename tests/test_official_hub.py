@@ -206,8 +206,7 @@ def test_an_encoder_directory_serves_the_encoder(tmp_path):
     vision = dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_hidden_layers=2, image_size=56,
                   patch_size=14, projection_dim=32, hidden_act="quick_gelu")
     torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(tmp_path / "encoders" / "StreetCLIP",
-                                                                safe_serialization=False)
+    CLIPVisionModel(CLIPVisionConfig(**vision)).save_pretrained(tmp_path / "encoders" / "StreetCLIP")
     set_encoder_dir(tmp_path / "encoders")
     try:
         assert ready_offline("street_clip") and not ready_offline("dinov2_vitl14_reg")

@@ -20,10 +20,12 @@ from PIL import Image
 import geodemo
 from geodemo.batch_predict import (Settings, World, key_noise, list_inputs, predict_embeddings, predict_shards,
                                    tar_samples)
+from geodemo.checkpoint import read_info
 from training.shards import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "efficientnet_lite0"
+INFO = read_info(ROOT / "assets" / "earth-rfm")
+KEY, DIM = INFO.encoder, INFO.network.cond_dim  # the default model's embedding
 ARGS = ["--samples", "8", "--scored", "4", "--ode-method", "rk4", "--ode-steps", "4", "--batch-size", "3",
         "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -34,7 +36,7 @@ def pipe():
     return geodemo.load("default", device="cpu")
 
 
-def make_shards(folder: Path, shards: int, per_shard: int, dim: int = 1280) -> Path:
+def make_shards(folder: Path, shards: int, per_shard: int, dim: int = DIM) -> Path:
     rng = np.random.default_rng(0)
     n = shards * per_shard
     emb = (rng.normal(size=(n, dim)) / np.sqrt(dim)).astype(np.float32)
@@ -109,7 +111,7 @@ def test_each_image_has_its_own_noise_whatever_its_batch(pipe):
 
 def test_results_do_not_depend_on_batch_size_or_neighbours(pipe):
     rng = np.random.default_rng(1)
-    emb = torch.from_numpy((rng.normal(size=(5, 1280)) / np.sqrt(1280)).astype(np.float32))
+    emb = torch.from_numpy((rng.normal(size=(5, DIM)) / np.sqrt(DIM)).astype(np.float32))
     keys = [f"k{i}" for i in range(5)]
     settings = Settings(model="default", num_samples=6, steps=8, scored=3, ode_method="rk4", ode_steps=4)
     full = predict_embeddings(pipe, emb, keys, settings, batch_size=5)
