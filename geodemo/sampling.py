@@ -117,11 +117,14 @@ class GraphedLoop:
     def __init__(self, network: GeoDenoiser, process: Process, gammas: torch.Tensor, mods: Modulations,
                  precision: Precision, guidance: float, y: torch.Tensor, trajectories: bool):
         self.gammas, self.mods, self.y = gammas.clone(), mods.map(torch.clone), y.clone()
-        weights = network.hidden_weights(precision)
+        # The graph reads these tensors' memory at every replay: they must live as long as the graph (bf16 forms
+        # of the weights are new tensors; freed, their memory would be reused and the replays read garbage).
+        self.weights = network.hidden_weights(precision)
 
         def run() -> tuple[torch.Tensor, torch.Tensor | None]:
             states = [self.y] if trajectories else None
-            end = run_steps(network, process, self.gammas, self.mods, weights, precision, guidance, self.y, states)
+            end = run_steps(network, process, self.gammas, self.mods, self.weights, precision, guidance, self.y,
+                            states)
             return end, torch.stack(states, dim=1) if states is not None else None
 
         side = torch.cuda.Stream(device=y.device)
