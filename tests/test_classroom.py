@@ -93,7 +93,8 @@ def test_probability_path_ends_at_log_density_and_starts_at_the_uniform_base(cli
     times = data["times"]
     assert times[0]["t"] == 1.0 and times[-1]["t"] == 0.0
     noise, end = times[0]["cells"], times[-1]["cells"]
-    assert noise["log_density"] == pytest.approx([-math.log(4 * math.pi)] * len(noise["log_density"]), abs=1e-9)
+    assert noise["log_density"] == pytest.approx([-math.log(4 * math.pi)] * len(noise["log_density"]),
+                                                 abs=1e-6)  # the endpoint's JSON keeps 6 decimals
     pipe = geodemo.load("default", device="cpu")
     embedding = pipe.embed(load_image(view.path).image)
     direct = pipe.log_density(end["centres"], embeddings=embedding, **data["ode_options"])[0]
