@@ -126,7 +126,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
             title = (f"log p(location | image), conditional model (w = 0): {cells.evaluations} evaluations, "
                      f"{'coarse grid' if stage.level == 0 else f'refinement {stage.level}'}")
         figure = density_map_figure(cells, stage.samples, truth=summary.truth, best_guess=summary.best_guess,
-                                    title=title, best_guess_label=best_guess_name(summary))
+                                    title=title, best_guess_label=best_guess_name(summary),
+                                    region_temperature=summary.region_temperature)
         return render_png(figure), summary.to_markdown(), *downloads(stage)
 
     def downloads(stage: Stage) -> tuple[str, str]:

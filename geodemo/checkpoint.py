@@ -7,6 +7,7 @@ format) and, for geodemo's own checkpoints, a "geodemo" entry naming process, sc
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,18 @@ class CheckpointInfo:
     schedule: dict | None = None
     encoder: str | None = None
     metadata: dict = field(default_factory=dict)
+
+    @property
+    def region_temperature(self) -> float:
+        """The post-hoc temperature T of the credible regions, config.json's geodemo.calibration.temperature (1
+        when absent): the regions drawn and stated are those of p_T = p^(1/T) / Z_T, T fitted on held-out views by
+        training/calibration.py. CheckpointError unless it is a positive number."""
+        calibration = self.metadata.get("calibration") or {}
+        temperature = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+            raise CheckpointError(f"{CONFIG_FILE}'s geodemo.calibration.temperature must be a positive number, "
+                                  f"got {temperature!r}")
+        return float(temperature)
 
 
 def save_checkpoint(folder: str | Path, network: GeoDenoiser, process: str, schedule: dict, encoder: str | None,

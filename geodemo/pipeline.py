@@ -55,7 +55,10 @@ class GeoPipeline:
     """A denoiser with its process, schedule and (optional) image encoder."""
 
     def __init__(self, network: GeoDenoiser, process: Process, schedule: Schedule, encoder: Encoder | str | None = None,
-                 device: torch.device | str | None = None, name: str = ""):
+                 device: torch.device | str | None = None, name: str = "", region_temperature: float = 1.0):
+        """region_temperature: the model's calibration T of its credible regions (CheckpointInfo.region_temperature);
+        it reshapes only the regions the app draws and states (geodemo.regions.temper), never samples or log p."""
+        self.region_temperature = region_temperature
         self.device = torch.device(device) if device is not None else default_device()
         self.network = network.to(self.device).eval().requires_grad_(False)
         self.process = process
@@ -221,4 +224,4 @@ def load(name_or_path: str | Path, device: torch.device | str | None = None, *, 
     network = load_network(folder, info)
     return GeoPipeline(network, process_from_name(process or entry.process(info)),
                        schedule_from_config(entry.schedule(info)), encoder=encoder or entry.encoder(info),
-                       device=device, name=entry.display_name)
+                       device=device, name=entry.display_name, region_temperature=info.region_temperature)

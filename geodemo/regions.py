@@ -83,11 +83,12 @@ def sample_weights(sample_log_density: torch.Tensor, temperature: float = 1.0) -
 def sample_levels(sample_log_density: torch.Tensor, log_density: torch.Tensor, temperature: float = 1.0
                   ) -> torch.Tensor:
     """Monte Carlo level of points from N of the model's own samples: the (weighted, sample_weights) share of
-    samples (..., N) whose log p exceeds each point's log p (...); ties count half. Uses no map."""
+    samples (..., N) whose log p exceeds each point's log p (...); ties count half. Uses no map. Clamped to
+    [0, 1]: the weights' sum may round a hair past 1."""
     weights = sample_weights(sample_log_density, temperature)
     samples = torch.as_tensor(sample_log_density, dtype=torch.float64)
     value = torch.as_tensor(log_density, dtype=torch.float64).unsqueeze(-1)
-    return (weights * ((samples > value).double() + 0.5 * (samples == value).double())).sum(dim=-1)
+    return (weights * ((samples > value).double() + 0.5 * (samples == value).double())).sum(dim=-1).clamp(0.0, 1.0)
 
 
 def sample_region_area_km2(sample_log_density: torch.Tensor, mass: float, temperature: float = 1.0) -> torch.Tensor:
@@ -156,11 +157,13 @@ class CredibleRegion:
         return self.inside[cell_index(self.cells, latlon)]
 
 
-def credible_region(cells: DensityCells, mass: float) -> CredibleRegion:
-    """The highest-density region holding `mass` in (0, 1] of the map's probability: the densest cells whose
-    level (mass of the denser cells) is below `mass`."""
+def credible_region(cells: DensityCells, mass: float, temperature: float = 1.0) -> CredibleRegion:
+    """The highest-density region holding `mass` in (0, 1] of the map's probability p_T (temper; T = 1: p
+    itself): the densest cells whose level (mass of the denser cells under p_T) is below `mass`. The region's
+    cells, threshold and held mass are those of p_T."""
     if not 0 < mass <= 1:
         raise ValueError(f"the credible mass must lie in (0, 1], got {mass}")
+    cells = temper(cells, temperature) if temperature != 1 else cells
     inside = densest_first(cells)[1] < mass
     chosen = cells.bounds[inside]
     return CredibleRegion(
@@ -175,10 +178,11 @@ def credible_region(cells: DensityCells, mass: float) -> CredibleRegion:
     )
 
 
-def level_image(cells: DensityCells, resolution_deg: float, window: tuple[float, float, float, float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def level_image(cells: DensityCells, resolution_deg: float, window: tuple[float, float, float, float] | None = None,
+                temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lats (H,), lons (W,), levels (H, W)) on a regular grid of pixel centres (DensityCells.rasterize): each
-    pixel's level; the contour at m outlines credible_region(cells, m)."""
+    pixel's level under p_T; the contour at m outlines credible_region(cells, m, temperature)."""
+    cells = temper(cells, temperature) if temperature != 1 else cells
     lats, lons, image = cells.rasterize(resolution_deg, window)
     levels = density_levels(cells, torch.from_numpy(np.nan_to_num(image, nan=-np.inf))).numpy()
     return lats, lons, levels

@@ -306,7 +306,8 @@ def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request,
         pool = logp[k:] if logp is not None and guided is not None else None
         summary = summarize(samples, drawn, cells, truth=truth, truth_source=truth_source, guided=guided,
                             guided_log_density=pool, sample_guidance=request.guidance,
-                            point_guidance=POINT_GUIDANCE if guided is not None else None)
+                            point_guidance=POINT_GUIDANCE if guided is not None else None,
+                            region_temperature=pipe.region_temperature)
         return Stage(samples, summary, guided=guided, sample_log_density=drawn, guided_log_density=pool, cells=cells,
                      **fields)
 

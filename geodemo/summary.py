@@ -13,6 +13,8 @@ Definitions (one home; the globe, the map, the summary, the CSV, the GeoJSON and
                    in the shipped country raster), or the share of samples per country.
   localizability = mean over the scored drawn samples of log p(sample | image) (a negative-entropy estimate,
                    nats/sr, when the samples are the model's own, w = 0).
+  m% region      = the smallest part of the map holding m% of the probability (geodemo.regions.credible_region):
+                   its area, its separate areas, and whether the truth lies inside.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from geodemo.adaptive_density import DensityCells
 from geodemo.metrics import geoscore, kde_scores, pairwise_haversine_km
 from geodemo.places import OCEAN, Place, countries, country_index, nearest_places
+from geodemo.regions import credible_region
 from geodemo.sphere import EARTH_RADIUS_KM, angle_between, haversine_km, latlon_to_xyz
 
 MODE_RADIUS_KM = 500.0
@@ -48,6 +51,33 @@ class Peak:
     place: Place
     probability: float
     holds_best_guess: bool = False
+
+
+@dataclass
+class RegionSummary:
+    """The highest-density region holding `mass` of the map's probability."""
+
+    mass: float
+    area_km2: float
+    components: int
+    holds_truth: bool | None = None
+
+    def sentence(self) -> str:
+        """E.g. "90% region: 1.2 million km², 2 separate areas (holds the true location)"."""
+        area = (f"{self.area_km2 / 1e6:.1f} million km²" if self.area_km2 >= 1e6 else
+                f"{float(f'{self.area_km2:.2g}'):,.0f} km²")  # two significant digits: a map's cells are coarse
+        parts = "1 area" if self.components == 1 else f"{self.components} separate areas"
+        truth = {None: "", True: " (holds the true location)", False: " (the true location lies outside)"}
+        return f"**{self.mass:.0%} region:** {area}, {parts}{truth[self.holds_truth]}"
+
+
+def region_summaries(cells: DensityCells, truth: tuple[float, float] | None = None,
+                     masses: tuple[float, ...] = (0.5, 0.9), temperature: float = 1.0) -> list[RegionSummary]:
+    """The map's 50% and 90% highest-density regions of p_T (the model's calibration temperature T, 1 = none): area,
+    separate areas, the truth inside or not."""
+    regions = [credible_region(cells, m, temperature) for m in masses]
+    inside = [bool(r.contains(torch.tensor([truth]))[0]) if truth is not None else None for r in regions]
+    return [RegionSummary(r.mass, r.area_km2, r.components, i) for r, i in zip(regions, inside)]
 
 
 @dataclass
@@ -83,6 +113,10 @@ class Summary:
     error_km: float | None = None
     geoscore: float | None = None
     notes: list[str] = field(default_factory=list)
+    regions: list[RegionSummary] = field(default_factory=list)
+    """The map's 50% / 90% highest-density regions (empty without a map)."""
+    region_temperature: float = 1.0
+    """The calibration temperature T the regions were drawn with: they are those of p^(1/T) (1 = of p)."""
 
     @property
     def provisional(self) -> bool:
@@ -111,6 +145,12 @@ class Summary:
             lines.append(f"**Localizability:** {self.localizability:.2f} nats/sr "
                          f"(mean log-density of {self.num_scored} drawn samples; higher = more certain)")
             lines.append("")
+        if self.regions:
+            lines += [r.sentence() + "  " for r in self.regions]
+            if self.region_temperature != 1:
+                lines.append(f"(regions of the density at calibration temperature T = {self.region_temperature:.2f}, "
+                             "fitted on held-out views so that they hold the truth as often as they say)")
+            lines.append("")
         lines.append(f"**Top modes** (probability within {MODE_RADIUS_KM:.0f} km, from the {self.source}):")
         lines += [f"{i}. {m.place.label()} — {m.probability:.0%}" + (" (holds the best guess)" if m.holds_best_guess
                                                                       else "") for i, m in enumerate(self.modes, 1)]
@@ -128,8 +168,7 @@ def integral_sentence(integral: float) -> str:
     if abs(integral - 1) <= INTEGRAL_TOLERANCE:
         return f"Integral of the density over the sphere on the map's grid: {integral:.3f} (a density integrates to 1)."
     return (f"The map's grid sums the density to {integral:.2f}, not 1: its cells (and the fast ODE solve) are too "
-            "coarse for a density this spread out, so the sum is only approximate; the percentages above are shares "
-            "of that sum.")
+            "coarse to integrate this density exactly, so the percentages above are shares of that sum.")
 
 
 def _format_latlon(lat: float, lon: float) -> str:
@@ -208,10 +247,11 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
               truth_source: str = "EXIF GPS", max_modes: int = 3, top_countries: int = 5,
               radius_km: float = MODE_RADIUS_KM, guided: torch.Tensor | None = None,
               guided_log_density: torch.Tensor | None = None, sample_guidance: float | None = None,
-              point_guidance: float | None = None) -> Summary:
+              point_guidance: float | None = None, region_temperature: float = 1.0) -> Summary:
     """Summary of (N, 2) degree samples of one image, using the log-densities (K,) of the first K <= N samples
     and the density cells when given. guided: (G, 2) degrees drawn at point_guidance, the best guess's pool
-    (with guided_log_density (G,) once known); without it the pool is the drawn samples."""
+    (with guided_log_density (G,) once known); without it the pool is the drawn samples. region_temperature: the
+    model's calibration T (GeoPipeline.region_temperature) for the credible regions."""
     samples = torch.as_tensor(samples, dtype=torch.float64).reshape(-1, 2)
     if samples.shape[0] == 0:
         raise ValueError("no samples to summarise")
@@ -258,6 +298,8 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
         num_scored=len(sample_log_density) if sample_log_density is not None else 0,
         localizability=float(sample_log_density.mean()) if sample_log_density is not None else None,
         density_integral=cells.total_mass() if cells is not None else None,
+        regions=region_summaries(cells, truth, temperature=region_temperature) if cells is not None else [],
+        region_temperature=region_temperature,
     )
     if truth is not None:
         true = torch.tensor(truth, dtype=torch.float64)

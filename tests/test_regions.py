@@ -161,3 +161,99 @@ def test_bad_masses_are_refused_in_one_sentence():
     for mass in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="credible mass"):
             credible_region(map_of(ONE), mass)
+
+
+def test_the_summary_states_the_regions_and_the_truth_inside():
+    from geodemo.summary import summarize
+
+    cells = map_of(TWO)
+    summary = summarize(draws(TWO, 64, seed=6), cells=cells, truth=TOKYO)
+    assert [(r.mass, r.components, r.holds_truth) for r in summary.regions] == [(0.5, 2, True), (0.9, 2, True)]
+    assert summary.regions[1].area_km2 == pytest.approx(2 * cap_area_km2(KAPPA, 0.9), rel=0.03)
+    text = summary.to_markdown()
+    area = summary.regions[1].area_km2 / 1e6
+    assert f"**90% region:** {area:.1f} million km², 2 separate areas (holds the true location)" in text
+    far = summarize(draws(TWO, 64, seed=6), cells=cells, truth=(0.0, -30.0))
+    assert "(the true location lies outside)" in far.to_markdown()
+    assert summarize(draws(TWO, 64, seed=6)).regions == []  # no map, no region
+
+
+def test_the_globe_outlines_lie_on_the_cap_edge():
+    from geodemo.plotting.globe import globe_figure, region_outlines
+
+    cells = map_of(ONE)
+    centre = latlon_to_xyz(torch.tensor(TOKYO, dtype=torch.float64))
+    for mass in (0.5, 0.9):
+        cap = math.acos(1 + math.log1p(mass * math.expm1(-2 * KAPPA)) / KAPPA)
+        lines = region_outlines(cells, mass)
+        assert len(lines) == 1  # one closed outline
+        angle = torch.acos((latlon_to_xyz(torch.from_numpy(lines[0])) * centre).sum(-1).clamp(-1, 1))
+        assert (angle - cap).abs().max() < math.radians(1.0), mass  # within a cell or two of the cap's edge
+    names = [trace.name for trace in globe_figure(samples_latlon=draws(ONE, 16), cells=cells).data]
+    assert "50% credible region" in names and "90% credible region" in names
+
+
+def test_the_calibration_temperature_widens_the_stated_and_drawn_regions():
+    """At T the regions are those of p^(1/T): for vMF(kappa) the caps of vMF(kappa / T), in the summary's
+    sentence, the markdown's note and the globe's outline."""
+    from geodemo.plotting.globe import region_outlines
+    from geodemo.summary import summarize
+
+    cells, t = map_of(ONE), 2.0
+    hot = summarize(draws(ONE, 64, seed=7), cells=cells, truth=TOKYO, region_temperature=t)
+    assert hot.regions[1].area_km2 == pytest.approx(cap_area_km2(KAPPA / t, 0.9), rel=0.06)
+    assert hot.regions[0].area_km2 == pytest.approx(cap_area_km2(KAPPA / t, 0.5), rel=0.06)
+    assert "calibration temperature T = 2.00" in hot.to_markdown()
+    assert "calibration temperature" not in summarize(draws(ONE, 64, seed=7), cells=cells).to_markdown()
+    centre = latlon_to_xyz(torch.tensor(TOKYO, dtype=torch.float64))
+    cap = math.acos(1 + math.log1p(0.9 * math.expm1(-2 * KAPPA / t)) / (KAPPA / t))
+    (line,) = region_outlines(cells, 0.9, temperature=t)
+    angle = torch.acos((latlon_to_xyz(torch.from_numpy(line)) * centre).sum(-1).clamp(-1, 1))
+    assert (angle - cap).abs().max() < math.radians(1.0)
+
+
+def calibrated_copy(folder, temperature) -> "Path":
+    """A copy of the shipped default model whose config.json holds geodemo.calibration.temperature."""
+    import json
+    import shutil
+
+    from geodemo.paths import ASSETS_DIR
+
+    shutil.copytree(ASSETS_DIR / "earth-rfm", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["geodemo"]["calibration"] = {"temperature": temperature}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_the_model_folder_sets_the_temperature(tmp_path):
+    """config.json's geodemo.calibration.temperature becomes GeoPipeline.region_temperature (1 without one); a bad
+    value is refused in one sentence."""
+    import geodemo
+    from geodemo.checkpoint import CheckpointError
+    from geodemo.pipeline import GeoPipeline
+
+    assert geodemo.load(calibrated_copy(tmp_path / "warm", 1.7), device="cpu").region_temperature == 1.7
+    bare = geodemo.load(tmp_path / "warm", device="cpu")
+    assert GeoPipeline(bare.network, bare.process, bare.schedule).region_temperature == 1.0
+    for bad in (-1, 0, "hot", True):
+        with pytest.raises(CheckpointError, match="temperature must be a positive number"):
+            geodemo.load(calibrated_copy(tmp_path / f"bad-{bad}", bad), device="cpu")
+
+
+@pytest.mark.slow
+def test_a_request_states_the_regions_at_the_models_temperature(tmp_path):
+    """service.locate hands the model's temperature to the summary: at T = 8 the 50% region of the shipped model's
+    peaked density spreads over several times the area of the untempered one."""
+    import geodemo
+    from geodemo.paths import ASSETS_DIR
+    from geodemo.service import check_request, locate
+    from geodemo.summary import region_summaries
+
+    pipe = geodemo.load(calibrated_copy(tmp_path / "hot", 8.0), device="cpu")
+    request = check_request(num_samples=16, steps=8, guidance=0.0, seed=0)
+    stage = list(locate(pipe, ASSETS_DIR / "examples" / "sahara_desert.jpg", request, scored=0,
+                        map_options={"coarse_deg": 30.0, "levels": 0}, candidates=0))[-1]
+    assert stage.summary.region_temperature == 8.0
+    assert stage.summary.regions == region_summaries(stage.cells, stage.summary.truth, temperature=8.0)
+    assert stage.summary.regions[0].area_km2 > 3 * region_summaries(stage.cells)[0].area_km2

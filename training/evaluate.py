@@ -33,6 +33,7 @@ from geodemo.pipeline import GeoPipeline
 from geodemo.batch_predict import join_world, key_noise
 from geodemo.sampling import make_generator, sample
 from geodemo.sphere import xyz_to_latlon
+from training.calibration import region_coverage
 from training.shards import list_shards, read_shards, shard_sizes
 
 TABLE_ROWS = (("geoscore", "GeoScore", "{:.0f}"), ("mean_km", "mean distance (km)", "{:.0f}"),
@@ -41,7 +42,11 @@ TABLE_ROWS = (("geoscore", "GeoScore", "{:.0f}"), ("mean_km", "mean distance (km
               ("acc@750km", "acc @ 750 km (%)", "{:.1%}"), ("acc@2500km", "acc @ 2500 km (%)", "{:.1%}"),
               ("nll", "NLL (nats/sr, w = 0)", "{:.3f}"), ("precision", "precision (k = 3)", "{:.3f}"),
               ("recall", "recall (k = 3)", "{:.3f}"), ("density", "density (k = 3)", "{:.3f}"),
-              ("coverage", "coverage (k = 3)", "{:.3f}"), ("localizability", "mean localizability (nats/sr)", "{:.3f}"))
+              ("coverage", "coverage (k = 3)", "{:.3f}"), ("localizability", "mean localizability (nats/sr)", "{:.3f}"),
+              *((f"region{m}_coverage_{w}", f"truth in the {m}% region ({label})", "{:.1%}")
+                for w, label in (("w0", "w = 0"), ("guided", "guided")) for m in (50, 90)),
+              *((f"region{m}_median_area_km2_w0", f"median area of the {m}% region (km², w = 0)", "{:,.0f}")
+                for m in (50, 90)))
 
 
 def evaluate(pipeline: GeoPipeline, embeddings: torch.Tensor, latlon: torch.Tensor, steps: int = 250,
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ode-precision", default="native", choices=("native", "bf16x3"),
                         help="bf16x3: the network's matmuls as three bfloat16 products (fast on GPU, ~float32 accuracy)")
     parser.add_argument("--ode-compile", action="store_true", help="torch.compile the likelihood's network pass")
+    parser.add_argument("--coverage-images", type=int, default=0,
+                        help="how often the truth lies in the 50%% / 90%% regions, at w = 0 and at --guidance, on "
+                             "the first N images of rank 0 (training/calibration.py; the app's ODE options); 0 skips it")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--output", help="JSON file (default: CHECKPOINT/evaluation.json)")
     args = parser.parse_args(argv)
@@ -202,6 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
     latlon = torch.cat([p["latlon"] for p in parts])[order]
     result = table(terms, latlon, steps=args.steps, guidance=args.guidance, seed=args.seed,
                    prdc_images=args.prdc_images)
+    if args.coverage_images > 0 and data is not None:
+        n = min(args.coverage_images, len(data.latlon))
+        result.update(region_coverage(pipeline, data.embeddings[:n].to(pipeline.device), data.latlon[:n],
+                                      guided=args.guidance))
     if args.localizability_samples > 0:
         result["localizability_samples"] = args.localizability_samples
     result.update({"checkpoint": str(args.checkpoint), "shards": args.shards, "embedding_key": key,

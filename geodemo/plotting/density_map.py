@@ -16,7 +16,8 @@ from PIL import Image
 
 from geodemo.adaptive_density import DensityCells
 from geodemo.plotting.basemap import use_shipped_cartopy_data
-from geodemo.plotting.globe import END_COLOR, GUESS_COLOR, TRUTH_COLOR
+from geodemo.plotting.globe import END_COLOR, GUESS_COLOR, REGION_COLOR, REGION_STYLES, TRUTH_COLOR
+from geodemo.regions import level_image
 
 COLORMAP = "magma"
 DYNAMIC_RANGE_NATS = 12.0
@@ -42,9 +43,10 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
                        truth: tuple[float, float] | None = None, best_guess: tuple[float, float] | None = None,
                        title: str = "", projection: str = "equal_earth", raster_deg: float = RASTER_DEG,
                        size: tuple[float, float] = (12.0, 5.2), dpi: int = 100,
-                       best_guess_label: str = "best guess") -> Figure:
-    """World map of log p with a labelled colour bar, coastlines, borders, samples, best guess and truth; beside
-    it, a close-up of the region holding 90% of the mass when that region is small."""
+                       best_guess_label: str = "best guess", region_temperature: float = 1.0) -> Figure:
+    """World map of log p with a labelled colour bar, coastlines, borders, samples, best guess, truth and the
+    outlines of the 50% / 90% highest-density regions of p_T (T = region_temperature, the model's calibration);
+    beside it, a close-up of the region holding 90% of the mass when that region is small."""
     use_shipped_cartopy_data()
     proj = {"equal_earth": ccrs.EqualEarth(), "robinson": ccrs.Robinson()}[projection]
     fig = Figure(figsize=size, dpi=dpi, facecolor="white")
@@ -56,7 +58,8 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
     if window:
         panels.append((fig.add_axes((0.645, 0.2, 0.335, 0.72), projection=ccrs.PlateCarree()), window))
     for ax, extent in panels:
-        mesh = _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label)
+        mesh = _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label,
+                           region_temperature)
     if cells is not None:
         cax = fig.add_axes((0.2, 0.1, 0.6, 0.03))
         bar = fig.colorbar(mesh, cax=cax, orientation="horizontal", extend="min")
@@ -69,7 +72,8 @@ def density_map_figure(cells: DensityCells | None = None, samples_latlon=None,
     return fig
 
 
-def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label="best guess"):
+def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent, best_guess_label="best guess",
+                region_temperature: float = 1.0):
     """Density (fixed colour range), coastlines, borders and points on one map axes; returns the mesh."""
     plate = ccrs.PlateCarree()
     mesh = None
@@ -82,6 +86,7 @@ def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent
         lon_edges = np.linspace(lon0, lon1, image.shape[1] + 1)
         mesh = ax.pcolormesh(lon_edges, lat_edges, np.ma.masked_invalid(image), transform=plate, cmap=COLORMAP,
                              vmin=top - DYNAMIC_RANGE_NATS, vmax=top, shading="flat", rasterized=True)
+        draw_regions(ax, cells, res, extent, region_temperature)
     if extent is not None:
         ax.set_extent((extent[2], extent[3], extent[0], extent[1]), crs=plate)
     ax.coastlines(resolution="110m", linewidth=0.6, color="#d0d0d0" if cells is not None else "#404040")
@@ -101,6 +106,20 @@ def _draw_panel(ax, cells, samples_latlon, truth, best_guess, raster_deg, extent
         ax.scatter([truth[1]], [truth[0]], s=150, marker="o", facecolors="none", edgecolors=TRUTH_COLOR,
                    linewidths=2.0, transform=plate, label="true location", zorder=7)
     return mesh
+
+
+def draw_regions(ax, cells: DensityCells, resolution_deg: float,
+                 extent: tuple[float, float, float, float] | None = None, temperature: float = 1.0) -> None:
+    """Outline the 50% (solid) and 90% (dashed) highest-density regions of p_T: the contours at m of each pixel's
+    level (the mass of the cells denser than the pixel's cell, geodemo.regions.level_image)."""
+    lats, lons, levels = level_image(cells, resolution_deg, extent, temperature)
+    for mass, dash, width in REGION_STYLES:
+        style = {"dash": "dashed"}.get(dash, dash)  # plotly's name -> matplotlib's
+        if levels.min() < mass < levels.max():
+            ax.contour(lons, lats, levels, levels=[mass], colors=REGION_COLOR, linestyles=style, linewidths=width,
+                       transform=ccrs.PlateCarree(), zorder=4)
+        ax.plot([], [], color=REGION_COLOR, linestyle=style, linewidth=width,
+                label=f"{mass:.0%} credible region")
 
 
 def render_png(fig: Figure) -> Image.Image:

@@ -16,7 +16,11 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
+import contourpy
+
+from geodemo.adaptive_density import DensityCells
 from geodemo.plotting.basemap import coastlines, earth_colors
+from geodemo.regions import credible_region, level_image
 from geodemo.sphere import angle_between, latlon_to_xyz
 
 MAX_FRAMES = 33
@@ -29,6 +33,11 @@ TIME_COLORSCALE = [[0.0, START_COLOR], [0.5, "#b65cff"], [1.0, END_COLOR]]
 """Progress from noise (0) to sample (1), for the paths and the moving points."""
 TRUTH_COLOR = "#ffd60a"
 GUESS_COLOR = "#32d7ff"
+REGION_STYLES = ((0.5, "solid", 1.6), (0.9, "dash", 1.1))
+"""The highest-density regions outlined on the globe and the map: (mass, dash, line width in points)."""
+REGION_COLOR = "#7df9ff"
+REGION_PIXELS = 400
+"""The outlines are contours of a level image this many pixels across the 90% region's box."""
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Playback speeds offered, as multiples of the figure's frame_ms."""
 SCENE_HALF_WIDTH = 0.5
@@ -124,6 +133,34 @@ def camera_eye(samples_latlon, centre: tuple[float, float] | None, reach: float,
     return {"x": x, "y": y, "z": z}
 
 
+def region_outlines(cells: DensityCells, mass: float, temperature: float = 1.0) -> list[np.ndarray]:
+    """Polylines (n, 2) of (lat, lon) degrees around the highest-density region of p_T holding `mass`: contours
+    at `mass` of the pixel levels (geodemo.regions.level_image) over the box of the widest drawn region."""
+    box = credible_region(cells, max(m for m, _, _ in REGION_STYLES), temperature).bounds
+    margin = float((box[:, 1] - box[:, 0]).min())
+    window = (max(-90.0, float(box[:, 0].min()) - margin), min(90.0, float(box[:, 1].max()) + margin),
+              max(-180.0, float(box[:, 2].min()) - margin), min(180.0, float(box[:, 3].max()) + margin))
+    lats, lons, levels = level_image(cells, max(window[1] - window[0], window[3] - window[2]) / REGION_PIXELS, window,
+                                     temperature)
+    if not levels.min() < mass < levels.max():
+        return []
+    lines = contourpy.contour_generator(lons, lats, levels).lines(mass)
+    return [line[:, ::-1].copy() for line in lines]
+
+
+def region_traces(cells: DensityCells, radius: float = 1.006, temperature: float = 1.0) -> list[go.Scatter3d]:
+    """One line trace per region of REGION_STYLES (the 50% and 90% highest-density regions of p_T) on the sphere."""
+    traces = []
+    for mass, dash, width in REGION_STYLES:
+        parts = [np.concatenate((_latlon_xyz(line, radius), np.full((1, 3), np.nan))) for line in
+                 region_outlines(cells, mass, temperature)]
+        xyz = np.concatenate(parts) if parts else np.zeros((0, 3))
+        traces.append(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="lines", hoverinfo="skip",
+                                   line={"color": REGION_COLOR, "width": 2.5 * width, "dash": dash},
+                                   name=f"{mass:.0%} credible region"))
+    return traces
+
+
 def _color_at(progress: float) -> str:
     """The colour of TIME_COLORSCALE at progress in [0, 1] (linear between its stops)."""
     stops = [(p, np.array([int(c[i:i + 2], 16) for i in (1, 3, 5)], dtype=float)) for p, c in TIME_COLORSCALE]
@@ -142,11 +179,14 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
                  truth: tuple[float, float] | None = None, best_guess: tuple[float, float] | None = None,
                  title: str = "", max_frames: int = MAX_FRAMES, max_points: int = MAX_POINTS,
                  frame_ms: int = 90, seed: int = 0, state_labels: list[str] | None = None, guided_latlon=None,
-                 best_guess_name: str = "best guess", revision: str = "globe") -> go.Figure:
+                 best_guess_name: str = "best guess", revision: str = "globe", cells: DensityCells | None = None,
+                 region_temperature: float = 1.0) -> go.Figure:
     """Globe figure. trajectory_xyz: (S + 1, N, 3) sampler states in R^3 for one image, noise first, with
     state_labels (S + 1 strings: step, t, noise level) for the slider. Sends at most max_frames frames of at most
     max_points points (a fixed random subset, chosen by seed). guided_latlon: the guided samples the best guess
-    was chosen from (hidden until picked in the legend). revision: a new value resets the user's camera."""
+    was chosen from (hidden until picked in the legend). revision: a new value resets the user's camera.
+    cells: a density map whose 50% and 90% highest-density regions (of p_T, T = region_temperature) are outlined
+    (region_traces)."""
     traces = [sphere_mesh(), coastline_trace()]
     frames, sliders, menus = [], [], []
     reach = 1.15
@@ -191,7 +231,7 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
                   "buttons": [{"label": "▶ Play", "method": "animate", "args": [None, _play(frame_ms)]},
                               {"label": "❚❚ Pause", "method": "animate",
                                "args": [[None], {"frame": {"duration": 0, "redraw": False}, "mode": "immediate"}]}]},
-                 {"type": "dropdown", "active": SPEEDS.index(1.0), "x": 0.01, "y": 0.1, "xanchor": "left",
+                 {"type": "dropdown", "active": SPEEDS.index(1.0), "x": 0.99, "y": 0.11, "xanchor": "right",
                   "yanchor": "bottom", "direction": "up", "bgcolor": "#e5e7eb", "showactive": True,
                   "buttons": [{"label": f"▶ speed {speed:g}×", "method": "animate",
                                "args": [None, _play(frame_ms / speed)]} for speed in SPEEDS]}]
@@ -204,6 +244,8 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
     elif samples_latlon is not None:
         pts = _latlon_xyz(samples_latlon, 1.01)
         traces.append(_points(pts[:max_points], f"samples ({len(pts)})", size=3.5, color=END_COLOR))
+    if cells is not None:
+        traces += region_traces(cells, temperature=region_temperature)
     if guided_latlon is not None and len(guided_latlon):
         traces.append(_points(_latlon_xyz(guided_latlon, 1.01), f"guided samples ({len(guided_latlon)})",
                               visible="legendonly", size=3, color=GUESS_COLOR, symbol="x"))
