@@ -13,7 +13,7 @@ from geodemo.places import countries, country_names, nearest_places
 from geodemo.metrics import kde_scores
 from geodemo.summary import (country_odds_from_cells, export_rows, find_modes, integral_sentence, summarize, to_csv,
                              to_geojson)
-from geodemo.sphere import latlon_to_xyz
+from geodemo.sphere import latlon_to_xyz, sample_vmf, vmf_log_density, xyz_to_latlon
 
 
 def test_nearest_place_and_country_offline():
@@ -26,23 +26,15 @@ def test_nearest_place_and_country_offline():
 
 
 def vmf_at(lat, lon, kappa):
+    """(M, 2) degrees -> the vMF(mu = (lat, lon), kappa) log-density (geodemo.sphere.vmf_log_density)."""
     mu = latlon_to_xyz(torch.tensor([lat, lon], dtype=torch.float64))
-    return lambda latlon: kappa * (latlon_to_xyz(latlon.double()) @ mu) + math.log(kappa / (2 * math.pi)) - kappa
+    return lambda latlon: vmf_log_density(latlon_to_xyz(latlon.double()), mu, kappa)
 
 
 def vmf_samples(lat, lon, kappa, n, seed=0):
-    """Exact vMF samples: cos(angle) w = 1 + log(u + (1 - u) e^(-2 kappa)) / kappa, uniform azimuth, around mu."""
-    g = torch.Generator().manual_seed(seed)
-    u, phi = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
-    w = 1 + torch.log(u + (1 - u) * math.exp(-2 * kappa)) / kappa
-    r = torch.sqrt((1 - w**2).clamp_min(0))
-    local = torch.stack((r * phi.cos(), r * phi.sin(), w), -1)  # around the north pole
+    """n exact vMF draws (geodemo.sphere.sample_vmf) as (n, 2) degrees."""
     mu = latlon_to_xyz(torch.tensor([lat, lon], dtype=torch.float64))
-    e1 = torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), mu)
-    e1 = e1 / e1.norm()
-    e2 = torch.linalg.cross(mu, e1)
-    xyz = local[:, :1] * e1 + local[:, 1:2] * e2 + local[:, 2:] * mu
-    return torch.rad2deg(torch.stack((torch.asin(xyz[:, 2]), torch.atan2(xyz[:, 1], xyz[:, 0])), -1))
+    return xyz_to_latlon(sample_vmf(mu, kappa, n, torch.Generator().manual_seed(seed)))
 
 
 def test_country_odds_integrate_the_density_over_countries():
@@ -132,4 +124,4 @@ def test_modes_are_sorted_by_probability_and_tiny_shares_are_not_listed():
 def test_the_integral_is_shown_as_a_number_only_near_one():
     assert integral_sentence(0.993).endswith("0.993 (a density integrates to 1).")
     far = integral_sentence(0.90)
-    assert "0.90, not 1" in far and "approximate" in far
+    assert "0.90, not 1" in far and "too coarse to integrate this density exactly" in far
