@@ -38,7 +38,7 @@ def url(tmp_path_factory):
     """The app with the shipped default model (a random test model if none is shipped); the full map only
     when a screenshot is kept."""
     folder = None if shipped_models() else build_test_model(tmp_path_factory.mktemp("models") / "browser-test-model")
-    grid = {} if os.environ.get("GEODEMO_SCREENSHOT") else {"coarse_deg": 30.0, "levels": 2, "max_cells_per_level": 8}
+    grid = {} if os.environ.get("GEODEMO_SCREENSHOT") else {"coarse_deg": 45.0, "levels": 1, "max_cells_per_level": 8}
     url, demo = launch_app(folder, map_options=grid)
     yield url
     demo.close()
