@@ -99,7 +99,8 @@ def test_probability_path_ends_at_log_density_and_starts_at_the_uniform_base(cli
     embedding = pipe.embed(load_image(view.path).image)
     direct = pipe.log_density(end["centres"], embeddings=embedding, **data["ode_options"])[0]
     assert float((torch.tensor(end["log_density"]) - direct).abs().max()) < 1e-3
-    assert max(end["log_density"]) > -math.log(4 * math.pi) + 3  # the data end is far from uniform
+    assert max(end["log_density"]) - min(end["log_density"]) > 3  # the data end is far from uniform (its peak may
+    # be narrower than the test's coarse cells, whose centres then all lie below the uniform -log 4 pi)
     field = torch.tensor(times[2]["field_vectors"])
     assert field.shape == (200, 3) and float(field.norm(dim=-1).max()) > 0
     globe = json.loads(updates[-1][0])
