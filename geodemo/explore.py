@@ -59,10 +59,7 @@ def classroom_density_options(pipe: GeoPipeline) -> dict:
     """The app's map options (geodemo.service.density_options) without the step-doubling check that confirms
     their accuracy on a few points: it re-solves every point with twice the steps until they agree, up to ten times
     the cost on the R^3 models, more than an interactive lesson can wait."""
-    options = density_options(pipe)
-    if options.get("check_points"):
-        options["check_points"] = 0
-    return options
+    return {**density_options(pipe), "check_points": 0}
 
 
 def complete(stages: Iterator[T]) -> T:

@@ -212,13 +212,6 @@ def density_options(pipe: GeoPipeline) -> dict:
     return options
 
 
-def sample_log_density(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor,
-                       guidance: float = DENSITY_GUIDANCE, limit: int | None = SCORED_SAMPLES) -> torch.Tensor:
-    """(K,) log p(sample | image), nats per steradian, of the first K = min(N, limit) of (N, 2) samples."""
-    scored = samples[:limit] if limit else samples
-    return pipe.log_density(scored, embeddings=embedding, guidance=guidance, **density_options(pipe))[0]
-
-
 def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, scored: torch.Tensor,
                    guidance: float = DENSITY_GUIDANCE, **map_options) -> Iterator[tuple[DensityCells, torch.Tensor]]:
     """The progressive log-density map of one image: coarse grid, then refinements where the mass is and around
