@@ -112,13 +112,18 @@ def split_cells(bounds: torch.Tensor) -> torch.Tensor:
     return torch.cat(children, dim=0)
 
 
-def cells_containing(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor:
-    """(K,) bool: which cells contain at least one of the (N, 2) points."""
+def points_in_cells(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor:
+    """(K,) how many of the (N, 2) points each cell contains (edges included)."""
     lat, lon = latlon.double()[:, 0], latlon.double()[:, 1]
     lat0, lat1, lon0, lon1 = bounds.unbind(-1)
     inside = ((lat[None] >= lat0[:, None]) & (lat[None] <= lat1[:, None])
               & (lon[None] >= lon0[:, None]) & (lon[None] <= lon1[:, None]))
-    return inside.any(dim=1)
+    return inside.sum(dim=1)
+
+
+def cells_containing(bounds: torch.Tensor, latlon: torch.Tensor) -> torch.Tensor:
+    """(K,) bool: which cells contain at least one of the (N, 2) points."""
+    return points_in_cells(bounds, latlon) > 0
 
 
 def touch_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,15 +148,20 @@ def cells_to_refine(cells: DensityCells, mass_fraction: float, samples: torch.Te
                     max_cells: int, neighbours: bool = True) -> torch.Tensor:
     """(K,) bool: the fewest cells holding mass_fraction of the mass, plus cells containing samples, plus
     (neighbours=True) the cells touching those, since a peak narrower than a cell spills into them unseen by
-    their centres; at most max_cells of them, largest mass first."""
+    their centres; at most max_cells of them, largest share first. A cell's share is the larger of its share of the
+    grid's mass and its share of the samples (the model's own draws estimate the mass of a cell whose centre
+    misses a peak narrower than the cell, and the far cells' log p, only screened, are over-estimates)."""
     chosen = torch.zeros(len(cells.bounds), dtype=torch.bool)
     chosen[cells.holding(mass_fraction)] = True
+    share = cells.probabilities()
     if samples is not None and len(samples):
-        chosen |= cells_containing(cells.bounds, samples)
+        counts = points_in_cells(cells.bounds, samples)
+        chosen |= counts > 0
+        share = torch.maximum(share, counts.double() / len(samples))
     if neighbours:
         chosen |= touching(cells.bounds, chosen)
     if int(chosen.sum()) > max_cells:
-        order = torch.argsort(cells.log_mass, descending=True)
+        order = torch.argsort(share, descending=True)
         ranked = order[chosen[order]]
         chosen = torch.zeros_like(chosen)
         chosen[ranked[:max_cells]] = True

@@ -218,18 +218,20 @@ def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Te
     the (N, 2) samples.
 
     Yields (cells, log p of the (K, 2) `scored` points). The scored points ride along in the coarse grid's ODE
-    solve: on a CPU one solve costs about the same for a hundred points or a few hundred.
+    solve: on a CPU one solve costs about the same for a hundred points or a few hundred. Each level's solve knows
+    the highest log p found so far (known_max): its cells far below it are only screened (accuracy_options "map").
     map_options: coarse_deg, levels, max_cells_per_level (defaults: MAP_OPTIONS)."""
     options = density_options(pipe)
     scored_logp: list[torch.Tensor] = []
+    highest = torch.tensor([-math.inf])
 
     def evaluate(latlon: torch.Tensor) -> torch.Tensor:
-        if scored_logp:
-            return pipe.log_density(latlon, embeddings=embedding, guidance=guidance, **options)[0]
-        both = pipe.log_density(torch.cat((latlon, scored.to(latlon.dtype))), embeddings=embedding,
-                                guidance=guidance, **options)[0]
-        scored_logp.append(both[len(latlon):])
-        return both[:len(latlon)]
+        points = latlon if scored_logp else torch.cat((latlon, scored.to(latlon.dtype)))
+        logp = pipe.log_density(points, embeddings=embedding, guidance=guidance, known_max=highest, **options)[0]
+        highest.copy_(torch.maximum(highest, logp.max()))
+        if not scored_logp:
+            scored_logp.append(logp[len(latlon):])
+        return logp[:len(latlon)]
 
     for cells in progressive_density(evaluate, samples=samples, **{**MAP_OPTIONS, **map_options}):
         yield cells, scored_logp[0]

@@ -63,6 +63,23 @@ def test_samples_force_refinement_of_their_cells():
     assert int(refined.sum()) >= 4 and cells_containing(stages[-1].bounds[refined], sample).any()
 
 
+def test_a_peak_between_cell_centres_is_found_through_the_samples():
+    """A vMF peak far narrower than the coarse cells, whose far field reads too high (as a screened solve does): the
+    capped refinement follows the cells holding the samples, not the inflated far cells, and reaches the peak."""
+    sharp = von_mises_fisher(20000.0)
+    peak = latlon_to_xyz(torch.tensor(PEAK, dtype=torch.float64))
+
+    def screened(latlon):
+        logp = sharp(latlon)
+        far = angle_between(latlon_to_xyz(latlon.double()), peak.expand(len(latlon), 3)) > math.radians(30)
+        return torch.where(far, torch.full_like(logp, -40.0), logp)
+
+    samples = torch.tensor(PEAK, dtype=torch.float64) + 0.05 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    stages = list(progressive_density(screened, coarse_deg=20.0, levels=5, samples=samples, max_cells_per_level=8))
+    assert stages[0].total_mass() < 0.01  # no coarse centre sees the peak
+    assert abs(stages[-1].total_mass() - 1.0) < 0.2 and stages[-1].level.max() == 5
+
+
 def test_rasterize_covers_the_globe():
     stages = list(progressive_density(von_mises_fisher(20.0), coarse_deg=30.0, levels=1))
     lats, lons, image = stages[-1].rasterize(2.0)

@@ -8,7 +8,7 @@ from conftest import random_network
 from geodemo.grids import integrate, latlon_grid
 from geodemo import likelihood
 from geodemo.likelihood import (ODEField, accuracy_options, check_indices, field_and_divergence, fixed_steps, log_density,
-                                r3_log_density, radial_quadrature, t_at_gamma)
+                                r3_log_density, radial_quadrature, relevant_columns, t_at_gamma)
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz, project
@@ -208,6 +208,26 @@ def test_map_mode_density_integrates_to_one():
     logp = log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz, guidance=1.0, accuracy="map")
     assert logp.std() > 1.0
     assert integrate(logp.double().view(grid.shape), grid.solid_angle).item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_screening_solves_far_points_coarsely_and_the_rest_fully(monkeypatch):
+    """screen_steps: every point solved with the screening steps, then the points near the maximum (relevant_columns)
+    with the full steps; each keeps the value of its own solve (a plain solve of it with those steps)."""
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.7)
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    xyz = latlon_to_xyz(latlon_grid(20.0).latlon).float().unsqueeze(0)
+    process, solves = RiemannianFlowS2(), []
+    solve = likelihood.fixed_steps
+    monkeypatch.setattr(likelihood, "fixed_steps",
+                        lambda *args: solves.append((args[4], args[1].shape[1])) or solve(*args))
+    drawn = log_density(net, process, SCHEDULE, emb, xyz, guidance=4.0, method="rk4", steps=32, screen_steps=8)
+    screened = log_density(net, process, SCHEDULE, emb, xyz, guidance=4.0, method="rk4", steps=8)
+    near = relevant_columns(screened)
+    assert solves[:2] == [(8, xyz.shape[1]), (32, int(near.sum()))] and 0 < near.sum() < xyz.shape[1]
+    assert torch.equal(drawn[:, ~near], screened[:, ~near])
+    full = log_density(net, process, SCHEDULE, emb, xyz[:, near], guidance=4.0, method="rk4", steps=32)
+    assert torch.allclose(drawn[:, near], full, atol=1e-4)
+    assert accuracy_options("map", "cpu").screen_steps < accuracy_options("map", "cpu").steps
 
 
 def test_check_points_are_the_top_and_a_spread_of_the_relevant_ones():
