@@ -64,8 +64,9 @@ class ODEOptions:
     """RK4's error is about (finer - coarser) 16/15, so 0.04 keeps it within the map's 0.05 nats; a tighter check
     chases the float32 solve's own noise (about 0.01-0.02 nats on the shipped models, measured against 256 steps)."""
     screen_steps: int = 0
-    """Fixed-step solves: solve every point with this many steps first and re-solve with `steps`
-    only the points within RELEVANT_NATS + RELEVANCE_MARGIN of the maximum (relevant_columns); 0: no screening."""
+    """Fixed-step solves: solve every point with this many steps first, then with `steps` the points within
+    RELEVANT_NATS + RELEVANCE_MARGIN of the highest one, and again those near the highest fully solved one until
+    none is left (a grid that misses a sharp peak can end up solving all); 0: no screening."""
 
 
 def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptions:
@@ -323,10 +324,13 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     if opts.method not in RUNGE_KUTTA:
         return solve(xyz, opts)
     logp = solve(xyz, replace(opts, steps=opts.screen_steps) if opts.screen_steps else opts)
-    if opts.screen_steps:
-        near = relevant_columns(logp, known_max)
-        if near.any():
-            logp[:, near] = solve(xyz[:, near], opts)
+    solved = torch.full(logp.shape[1:], not opts.screen_steps, dtype=torch.bool, device=logp.device)
+    while not solved.all():  # the screened points near the highest solved log p, until none is left near it
+        near = ~solved & relevant_columns(logp, known_max, among=solved if solved.any() else None)
+        if not near.any():
+            break
+        logp[:, near] = solve(xyz[:, near], opts)
+        solved |= near
     while opts.check_points:  # step doubling: the same points with twice the steps (and radial nodes) must agree
         index = check_indices(logp, opts.check_points, known_max)
         if index.shape[1] == 0:
@@ -353,16 +357,20 @@ RELEVANCE_MARGIN = 5.0
 error far from the mass overestimates log p, measured on the shipped models; never by 5 nats near the mass)."""
 
 
-def row_ceiling(logp: torch.Tensor, known_max: torch.Tensor | None) -> torch.Tensor:
-    """(B, 1): each row's maximum of logp (B, M), or the row's known maximum (B,) from earlier solves if higher."""
-    top = logp.max(dim=1, keepdim=True).values
+def row_ceiling(logp: torch.Tensor, known_max: torch.Tensor | None, among: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """(B, 1): each row's maximum of logp (B, M) over the columns `among` (M,) bool (default: all), or the row's
+    known maximum (B,) from earlier solves if higher."""
+    top = (logp if among is None else logp[:, among]).max(dim=1, keepdim=True).values
     return top if known_max is None else torch.maximum(top, known_max.to(logp).view(-1, 1))
 
 
-def relevant_columns(logp: torch.Tensor, known_max: torch.Tensor | None = None) -> torch.Tensor:
-    """(M,) bool: points within RELEVANT_NATS + RELEVANCE_MARGIN of their row's maximum (row_ceiling) in some row of
-    logp (B, M); the full and the finer solves re-solve these only (the rest keep the coarser, over-estimated value)."""
-    return (logp >= row_ceiling(logp, known_max) - RELEVANT_NATS - RELEVANCE_MARGIN).any(dim=0)
+def relevant_columns(logp: torch.Tensor, known_max: torch.Tensor | None = None, among: torch.Tensor | None = None
+                     ) -> torch.Tensor:
+    """(M,) bool: points within RELEVANT_NATS + RELEVANCE_MARGIN of their row's maximum (row_ceiling, over `among`)
+    in some row of logp (B, M). A screened value over-estimates far from the mass, so a screened point below the
+    highest fully solved one by more than that is far below it."""
+    return (logp >= row_ceiling(logp, known_max, among) - RELEVANT_NATS - RELEVANCE_MARGIN).any(dim=0)
 
 
 def check_indices(logp: torch.Tensor, count: int, known_max: torch.Tensor | None = None) -> torch.Tensor:
