@@ -57,8 +57,8 @@ SINH_NODES = ODEOptions().radial_nodes
 
 def classroom_density_options(pipe: GeoPipeline) -> dict:
     """The app's map options (geodemo.service.density_options) without the step-doubling check that confirms
-    their accuracy on a few points: it re-solves every point with twice the steps until they agree, up to ten times
-    the cost on the R^3 models, more than an interactive lesson can wait."""
+    their accuracy on a few points: it re-solves the points near the maximum with twice the steps until they agree,
+    several times the cost on the sharp shipped models, more than an interactive lesson can wait."""
     return {**density_options(pipe), "check_points": 0}
 
 
