@@ -187,13 +187,22 @@ class GeoPipeline:
         return logp.double().cpu()
 
     def density_grid(self, image_or_embedding, resolution_deg: float = 5.0, guidance: float = 0.0,
-                     accuracy: Accuracy = "default", **ode_options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     accuracy: Accuracy = "default", anchors: int = 64, **ode_options
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(lats (H,), lons (W,), log p (H, W)) over a regular grid of cell centres for one image, all points in one
-        solve per chunk; accuracy / ode_options as in log_density ("map" for drawing)."""
+        solve per chunk; accuracy / ode_options as in log_density ("map" for drawing). With "map", `anchors` of the
+        model's own samples (w = 0, seed 0) ride along in the solve, so that "near the maximum" is measured from the
+        density's peak, which a coarse grid misses on a sharp density: the grid's points more than 15 nats below it
+        are then only screened (they read too high, geodemo.likelihood.ODEOptions.screen_steps)."""
         grid = latlon_grid(resolution_deg)
-        kwargs = {"embeddings": image_or_embedding} if isinstance(image_or_embedding, torch.Tensor) else {"images": image_or_embedding}
-        logp = self.log_density(grid.latlon, guidance=guidance, accuracy=accuracy, **kwargs, **ode_options)
-        return grid.lats, grid.lons, logp[0].reshape(grid.shape)
+        tensor = isinstance(image_or_embedding, torch.Tensor)
+        emb = self._embeddings(None if tensor else image_or_embedding, image_or_embedding if tensor else None)[:1]
+        points = grid.latlon
+        if accuracy == "map" and anchors > 0:
+            samples = self.predict(embeddings=emb, num_samples=anchors, guidance=0.0, seed=0).latlon[0]
+            points = torch.cat((points, samples.to(points.dtype)))
+        logp = self.log_density(points, embeddings=emb, guidance=guidance, accuracy=accuracy, **ode_options)
+        return grid.lats, grid.lons, logp[0, :len(grid.latlon)].reshape(grid.shape)
 
     def localizability(self, images=None, embeddings=None, num_samples: int = 256, steps: int = 32,
                        seed: int | None = 0, ode_options: dict | None = None) -> torch.Tensor:

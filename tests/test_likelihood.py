@@ -248,3 +248,23 @@ def test_presets_and_options_are_checked():
     net = random_network()
     with pytest.raises(TypeError, match="unknown log_density options"):
         log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), project(torch.randn(1, 2, 3)), tol=1e-3)
+
+
+def test_density_grid_map_mode_takes_its_maximum_from_the_models_samples(monkeypatch):
+    """density_grid(accuracy="map") solves the grid with `anchors` of the model's samples appended (the peak a
+    coarse grid misses) and returns the grid's values only, equal to the same grid's map values solved with them."""
+    from geodemo.pipeline import GeoPipeline
+
+    pipe = GeoPipeline(random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.7), RiemannianFlowS2(), SCHEDULE,
+                       device="cpu")
+    emb = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    sizes = []
+    solve = likelihood.fixed_steps
+    monkeypatch.setattr(likelihood, "fixed_steps", lambda *args: sizes.append(args[1].shape[1]) or solve(*args))
+    lats, lons, grid = pipe.density_grid(emb, resolution_deg=30.0, accuracy="map", guidance=4.0, anchors=16,
+                                         check_points=0)
+    assert grid.shape == (len(lats), len(lons)) == (6, 12) and sizes[0] == 72 + 16
+    samples = pipe.predict(embeddings=emb, num_samples=16, seed=0).latlon[0]
+    points = torch.cat((torch.stack(torch.meshgrid(lats, lons, indexing="ij"), -1).reshape(-1, 2), samples.double()))
+    both = pipe.log_density(points, embeddings=emb, guidance=4.0, accuracy="map", check_points=0)[0]
+    assert torch.allclose(grid.reshape(-1), both[:72], atol=1e-4)
