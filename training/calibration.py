@@ -21,6 +21,12 @@ order and every result is cached under data/calibration/ (keyed by the model's w
 resumes and a report uses the views measured so far, a random subset of the set. `report --record default` writes
 the fitted temperature into the model's config.json (geodemo.calibration), where the app reads it.
 
+How it was run (December 2026): the 540 fit, 540 test and 180 narrow views (widths 500-1000 km, VIEW_SAMPLING) were
+rendered and embedded on the CPU, carried as float16 embeddings to one NVIDIA H200, where `measure --device cuda
+--batch 32` took the log p of 1024 own samples, the truth and 256 uniform points per view for the three shipped
+models (all sets; default also at w = 2 for 512 test views): two runs, 367 s + 483 s of commands, about 16 min of
+device time with the machine starts; then `report --record default,earth-flow,earth-diffusion` here.
+
     python -m training.calibration measure --model default --views fit --budget-s 500
     python -m training.calibration measure --model default --views test --budget-s 500
     python -m training.calibration report --models default,earth-flow,earth-diffusion --figure assets/reliability.png
@@ -44,17 +50,28 @@ import numpy as np
 import torch
 
 import geodemo
+from geodemo.calibration import Calibration, floored_levels
 from geodemo.pipeline import GeoPipeline
 from geodemo.registry import lookup
 from geodemo.regions import sample_levels, sample_region_area_km2
 from geodemo.service import DEFAULTS, POINT_GUIDANCE, density_options
+from geodemo.sphere import sample_uniform, xyz_to_latlon
+from training.earth_views import ViewSampling
 
 CACHE = Path(__file__).resolve().parents[1] / "data" / "calibration"
 NOMINAL = tuple(round(0.1 * k, 1) for k in range(1, 10))
 REGION_MASSES = (0.5, 0.9)
 OWN_SAMPLES = 64
-"""Own samples per view: the level's Monte Carlo error is sqrt(L (1 - L) / 64) <= 0.0625 per view (it averages out
-over views: the coverage's error is dominated by the number of views)."""
+"""Own samples per view for training/evaluate.py's region_coverage: the level's Monte Carlo error is
+sqrt(L (1 - L) / 64) <= 0.0625 per view (it averages out over views: the coverage's error is dominated by the
+number of views)."""
+MEASURE_SAMPLES = 1024
+"""Own samples per view of `measure` (the calibration runs): with 1024 the truth's rank among them resolves the
+tail of the level distribution (a truth less dense than every sample has level > 1 - 1/1024, not just > 0.98)."""
+UNIFORM_POINTS = 256
+"""Points uniform on the sphere per view whose log p is taken with the samples': the share of them denser than the
+truth estimates the solid angle of {p > p(truth)} / 4 pi, the level under the uniform part of a floored density
+(geodemo.calibration), without the importance sampling of the samples, which misses the low-density area."""
 CALIBRATION_ODE = {"method": "rk4", "steps": 32, "check_points": 0}
 """The likelihood ODE of the measurements: the app's map solver (geodemo.service.density_options, fixed-step RK4
 with 32 steps) without its step-doubling check, which on the multi-mosaic models' peaked densities costs 2-5 times
@@ -63,8 +80,12 @@ VIEW_ORDER_SEED = 0
 """Views are measured in one fixed random order, so that the views done when a run stops are a random subset of
 the set (the set itself is grouped by mosaic)."""
 TEMPERATURES = tuple(float(t) for t in np.exp(np.linspace(np.log(0.5), np.log(4.0), 211)))
-VIEW_SETS = {"fit": 100, "test": 101, "ood": 102}
-"""View set -> shard index of the held-out split: disjoint draws of the same distribution."""
+VIEW_SETS = {"fit": 100, "test": 101, "ood": 102, "narrow": 103}
+"""View set -> shard index of the held-out split: disjoint draws. fit, test: the training distribution; ood: the
+same sampling from other mosaics; narrow: the training mosaics at scales not trained on (VIEW_SAMPLING)."""
+VIEW_SAMPLING = {"narrow": ViewSampling(width_km=(500.0, 1000.0))}
+"""View sets drawn otherwise than in training: narrow views are 500-1000 km across (trained: 1000-4000 km), finer
+detail of the same imagery, the only imagery the shipped models have not seen (they were trained on every mosaic)."""
 HELDOUT_SEED = 1
 
 
@@ -74,25 +95,44 @@ class ViewLevels:
 
     sample_log_density: torch.Tensor
     truth_log_density: torch.Tensor
+    uniform_log_density: torch.Tensor | None = None
+    """(V, K) log p at K points uniform on the sphere (UNIFORM_POINTS), when measured."""
 
-    def levels(self, temperature: float = 1.0) -> torch.Tensor:
-        """(V,) the truth's level under p_T."""
-        return sample_levels(self.sample_log_density, self.truth_log_density, temperature)
+    def levels(self, temperature: float = 1.0, floor: float = 0.0) -> torch.Tensor:
+        """(V,) the truth's level under p_T (floor 0) or the floored p' = (1 - floor) p_T + floor / 4 pi."""
+        return truth_levels(self, Calibration(temperature, floor))
+
+    def subset(self, chosen: torch.Tensor) -> "ViewLevels":
+        """The views `chosen` (index or bool mask)."""
+        uniform = None if self.uniform_log_density is None else self.uniform_log_density[chosen]
+        return ViewLevels(self.sample_log_density[chosen], self.truth_log_density[chosen], uniform)
+
+
+def truth_levels(views: ViewLevels, calibration: Calibration) -> torch.Tensor:
+    """(V,) the truth's level under the calibrated density (geodemo.calibration.floored_levels)."""
+    if calibration.floor and views.uniform_log_density is None:
+        raise ValueError("a floored density's levels need the log p of uniform points (measure them)")
+    return floored_levels(views.sample_log_density, views.truth_log_density, views.uniform_log_density, calibration)
 
 
 @torch.no_grad()
 def view_levels(pipeline: GeoPipeline, embeddings: torch.Tensor, latlon: torch.Tensor, guidance: float,
                 seeds: Sequence[int], num_samples: int = OWN_SAMPLES, steps: int = DEFAULTS["steps"],
-                ode_options: dict | None = None) -> ViewLevels:
+                ode_options: dict | None = None, uniform_points: int = 0) -> ViewLevels:
     """Draw num_samples samples per view (embeddings (V, C), view v seeded by seeds[v]) at `guidance` and take
-    the log p of those samples and of the truth latlon (V, 2) in one solve, with CALIBRATION_ODE by default."""
+    the log p of those samples, of the truth latlon (V, 2) and of uniform_points points uniform on the sphere
+    (seeded by the view too) in one solve, with CALIBRATION_ODE by default."""
     samples = torch.cat([pipeline.predict(embeddings=embeddings[v:v + 1], num_samples=num_samples, steps=steps,
                                           guidance=guidance, seed=int(seeds[v])).latlon.double()
                          for v in range(len(embeddings))])
-    points = torch.cat((samples, latlon.double().reshape(-1, 1, 2)), dim=1)
+    uniform = torch.stack([xyz_to_latlon(sample_uniform((uniform_points,), dtype=torch.float64,
+                                                        generator=torch.Generator().manual_seed(int(seeds[v]))))
+                           for v in range(len(embeddings))])
+    points = torch.cat((samples, latlon.double().reshape(-1, 1, 2), uniform), dim=1)
     options = {**density_options(pipeline), **CALIBRATION_ODE} if ode_options is None else ode_options
     logp = pipeline.log_density(points, embeddings=embeddings, guidance=guidance, **options)
-    return ViewLevels(logp[:, :-1], logp[:, -1])
+    return ViewLevels(logp[:, :num_samples], logp[:, num_samples],
+                      logp[:, num_samples + 1:] if uniform_points else None)
 
 
 def coverage(levels: torch.Tensor, masses: Sequence[float] = NOMINAL) -> list[float]:
@@ -162,9 +202,26 @@ def model_id(name: str) -> tuple[str, str]:
     return str(folder), f"{name}-{digest}"
 
 
-def load_views(view_set: str, mosaics: str, count: int, key: str, mosaics_dir: str) -> dict[str, torch.Tensor]:
-    """{latlon (V, 2), embeddings (V, C), land (V,)} of a view set, rendered once and cached."""
-    path = CACHE / "views" / f"{view_set}-{mosaics.replace(',', '+')}-{count}-{key}.pt"
+def views_path(view_set: str, mosaics: str, count: int, key: str, meta: bool = False) -> Path:
+    """The cache file of a view set's embeddings (or, meta, of its latlon and land alone: small, kept with the
+    results when the embeddings are rendered elsewhere)."""
+    return CACHE / "views" / f"{view_set}-{mosaics.replace(',', '+')}-{count}-{key}{'-meta' if meta else ''}.pt"
+
+
+def load_view_meta(view_set: str, mosaics: str, count: int, key: str, mosaics_dir: str) -> dict[str, torch.Tensor]:
+    """{latlon (V, 2), land (V,)} of a view set: its meta file, else from load_views."""
+    path = views_path(view_set, mosaics, count, key, meta=True)
+    if path.is_file():
+        return torch.load(path)
+    views = load_views(view_set, mosaics, count, key, mosaics_dir)
+    return {"latlon": views["latlon"], "land": views["land"]}
+
+
+def load_views(view_set: str, mosaics: str, count: int, key: str, mosaics_dir: str, device: str = "cpu"
+               ) -> dict[str, torch.Tensor]:
+    """{latlon (V, 2), embeddings (V, C), land (V,)} of a view set, rendered (on `device`) once and cached, with
+    its meta file."""
+    path = views_path(view_set, mosaics, count, key)
     if path.is_file():
         return torch.load(path)
     from training.earth_views import basemap_land_mask, blue_marble_mosaic
@@ -181,35 +238,42 @@ def load_views(view_set: str, mosaics: str, count: int, key: str, mosaics_dir: s
     if sum(n for _, _, n in plan) != count:
         raise ValueError(f"{count} views do not split over the mosaics' weights into whole numbers "
                          f"({sum(n for _, _, n in plan)} after rounding): pick another count")
-    parts = [shard_views(HELDOUT_SEED, VIEW_SETS[view_set], n, mosaic=mosaic, mask=mask, keys=(key,), batch_size=32)
+    sampling = VIEW_SAMPLING.get(view_set, ViewSampling())
+    parts = [shard_views(HELDOUT_SEED, VIEW_SETS[view_set], n, mosaic=mosaic, mask=mask, keys=(key,), batch_size=32,
+                         sampling=sampling, device=device)
              for mosaic, mask, n in plan]
     views = {"latlon": torch.cat([torch.stack((p.params["lat"], p.params["lon"]), -1) for p in parts]),
              "embeddings": torch.cat([p.embeddings[key] for p in parts]),
              "land": torch.cat([p.land for p in parts])}
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"latlon": views["latlon"], "land": views["land"]}, views_path(view_set, mosaics, count, key, meta=True))
     torch.save(views, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)
     return views
 
 
-def results_path(model: str, view_set: str, mosaics: str, count: int, guidance: float) -> Path:
+def results_path(model: str, view_set: str, mosaics: str, count: int, guidance: float,
+                 num_samples: int = MEASURE_SAMPLES) -> Path:
     """The cache file of one set's levels: named by the model's weights, the views, the guidance, the number of
-    own samples and the solver."""
+    own samples (and uniform points) and the solver."""
     solver = f"{CALIBRATION_ODE['method']}{CALIBRATION_ODE['steps']}"
+    uniform = f"u{UNIFORM_POINTS}" if num_samples == MEASURE_SAMPLES else ""
     return (CACHE / model_id(model)[1] /
-            f"{view_set}-{mosaics.replace(',', '+')}-{count}-w{guidance:g}-n{OWN_SAMPLES}-{solver}.pt")
+            f"{view_set}-{mosaics.replace(',', '+')}-{count}-w{guidance:g}-n{num_samples}{uniform}-{solver}.pt")
 
 
 def measure(model: str, view_set: str, mosaics: str, count: int, guidance: float, budget_s: float,
-            mosaics_dir: str, batch: int = 4) -> bool:
-    """Compute the levels of the set's views not yet cached, `batch` views per solve, until budget_s has passed;
-    True when every view is done."""
+            mosaics_dir: str, batch: int = 4, device: str = "cpu") -> bool:
+    """Compute the levels of the set's views not yet cached (MEASURE_SAMPLES own samples and UNIFORM_POINTS
+    uniform points each), `batch` views per solve, until budget_s has passed; True when every view is done.
+    Stored as float32 (the files travel back from the GPU machine)."""
     started = time.perf_counter()
-    torch.set_num_threads(1)  # one core: two threads on a shared 2-core machine wait for each other
+    if device == "cpu":
+        torch.set_num_threads(1)  # one core: two threads on a shared 2-core machine wait for each other
     folder, _ = model_id(model)
-    pipeline = geodemo.load(folder, device="cpu")
+    pipeline = geodemo.load(folder, device=device)
     key = lookup(model).info().encoder
-    views = load_views(view_set, mosaics, count, key, mosaics_dir)
+    views = load_views(view_set, mosaics, count, key, mosaics_dir, device=device)
     path = results_path(model, view_set, mosaics, count, guidance)
     done = torch.load(path) if path.is_file() else {}
     order = torch.randperm(count, generator=torch.Generator().manual_seed(VIEW_ORDER_SEED)).tolist()
@@ -218,13 +282,15 @@ def measure(model: str, view_set: str, mosaics: str, count: int, guidance: float
         if time.perf_counter() - started > budget_s:
             break
         chosen = todo[start:start + batch]
-        result = view_levels(pipeline, views["embeddings"][chosen], views["latlon"][chosen], guidance, seeds=chosen)
+        result = view_levels(pipeline, views["embeddings"][chosen], views["latlon"][chosen], guidance, seeds=chosen,
+                             num_samples=MEASURE_SAMPLES, uniform_points=UNIFORM_POINTS)
         for i, v in enumerate(chosen):
-            done[v] = (result.sample_log_density[i], result.truth_log_density[i])
+            done[v] = tuple(t[i].float().cpu() for t in (result.sample_log_density, result.truth_log_density,
+                                                         result.uniform_log_density))
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(done, path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)
-    print(f"{model} {view_set} w={guidance:g}: {len(done)} / {count} views "
+    print(f"{model} {view_set} w={guidance:g} on {device}: {len(done)} / {count} views "
           f"({time.perf_counter() - started:.0f} s this run)", flush=True)
     return len(done) == count
 
@@ -248,8 +314,8 @@ class Plan:
 
     mosaics: str = "all"
     ood_mosaics: str = ""
-    fit_views: int = 120
-    test_views: int = 120
+    fit_views: int = 540
+    test_views: int = 540
     ood_views: int = 120
 
 
@@ -290,7 +356,7 @@ def record_calibration(folder: str | Path, report: dict) -> Path:
     config["geodemo"]["calibration"] = {
         "temperature": round(report["temperature"], 4),
         "fitted_on": f"{report['fit_views_measured']} held-out views (split seed {HELDOUT_SEED}, shard {VIEW_SETS['fit']}) of "
-                     f"mosaics '{plan['mosaics']}', augmented as in training; w = 0; {OWN_SAMPLES} own samples each",
+                     f"mosaics '{plan['mosaics']}', augmented as in training; w = 0; {MEASURE_SAMPLES} own samples each",
         "test_views": before["views"],
         "test_coverage": {f"{m}%": [round(r[f"coverage{m}"], 4) for r in (before, after)] for m in (50, 90)},
         "test_coverage_order": "before, after",
@@ -378,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--guidance", type=float, default=0.0)
     run.add_argument("--budget-s", type=float, default=170.0, help="stop starting new views after this long")
     run.add_argument("--mosaics-dir", default="data/mosaics")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--batch", type=int, default=4, help="views per likelihood solve")
     rep = commands.add_parser("report", help="coverage table, reliability diagram, temperature, from the cache")
     rep.add_argument("--models", default="default,earth-flow,earth-diffusion")
     rep.add_argument("--mosaics", default=Plan.mosaics)
@@ -393,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan()
     if args.command == "measure":
         count = args.count or {"fit": plan.fit_views, "test": plan.test_views, "ood": plan.ood_views}[args.views]
-        finished = measure(args.model, args.views, args.mosaics, count, args.guidance, args.budget_s, args.mosaics_dir)
+        finished = measure(args.model, args.views, args.mosaics, count, args.guidance, args.budget_s, args.mosaics_dir,
+                           batch=args.batch, device=args.device)
         return 0 if finished else 3
     plan = Plan(mosaics=args.mosaics, ood_mosaics=args.ood_mosaics, fit_views=args.fit_views, test_views=args.test_views)
     reports = [report_model(m, plan, args.mosaics_dir) for m in args.models.split(",")]
