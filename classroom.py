@@ -247,9 +247,9 @@ def build_classroom_tab(models: ModelCache, catalogue: Catalogue, globe: GlobeVi
             guidance_samples = gr.Slider(16, 512, value=128, step=16, label="Samples", elem_id="guidance-samples")
             guidance_steps = gr.Slider(*LIMITS["steps"], value=32, step=1, label="Sampler steps")
             guidance_button = gr.Button("Sweep the guidance", variant="primary")
-        guidance_plot = gr.Image(label="Spread and error against w", type="pil", interactive=False,
+        guidance_plot = gr.Image(label="Spread and error against w", show_label=False, type="pil", interactive=False,
                                  elem_id="guidance-curves", format="png")
-        guidance_samples_plot = gr.Image(label="The samples at each w", type="pil", interactive=False,
+        guidance_samples_plot = gr.Image(label="The samples at each w", show_label=False, type="pil", interactive=False,
                                          elem_id="guidance-maps", format="png")
         guidance_summary = gr.Markdown(elem_id="guidance-summary")
         with gr.Accordion("Data (JSON)", open=False):
@@ -262,7 +262,7 @@ def build_classroom_tab(models: ModelCache, catalogue: Catalogue, globe: GlobeVi
             steps_samples = gr.Slider(1, 32, value=4, step=1, label="Samples per view")
             steps_guidance = gr.Slider(*LIMITS["guidance"], value=0.0, step=0.1, label="Guidance scale w")
             steps_button = gr.Button("Sweep the steps", variant="primary")
-        steps_plot = gr.Image(label="Error and GeoScore against sampler steps", type="pil", interactive=False,
+        steps_plot = gr.Image(label="Error and GeoScore against sampler steps", show_label=False, type="pil", interactive=False,
                               elem_id="steps-curves", format="png")
         steps_summary = gr.Markdown(elem_id="steps-summary")
         with gr.Accordion("Data (JSON)", open=False):
@@ -276,7 +276,7 @@ def build_classroom_tab(models: ModelCache, catalogue: Catalogue, globe: GlobeVi
             path_guidance = gr.Slider(*LIMITS["guidance"], value=0.0, step=0.1, label="Guidance scale w")
             path_button = gr.Button("Show the path", variant="primary")
         path_view = globe("path-globe")
-        path_plot = gr.Image(label="log p_t at each time", type="pil", interactive=False, elem_id="path-maps",
+        path_plot = gr.Image(label="log p_t at each time", show_label=False, type="pil", interactive=False, elem_id="path-maps",
                              format="png")
         path_summary = gr.Markdown(elem_id="path-summary")
         with gr.Accordion("Data (JSON)", open=False):

@@ -106,7 +106,8 @@ def main() -> None:
     measured = {}
     for model in models:
         rows, first_time, total = time_request(model, cache, args.image)
-        measured[model] = {"samples_globe_s": round(first_time, 2), "complete_map_s": round(total, 2)}
+        measured[model] = {"samples_globe_s": round(first_time, 2), "complete_map_s": round(total, 2),
+                           "measured": datetime.date.today().isoformat()}
         print(f"\nmodel: {model} ({cache.get(model).process.name}); image: {Path(args.image).name}")
         print(f"{'stage':<34}{'seconds':>9}  note")
         for name, seconds, note in rows:
@@ -120,7 +121,7 @@ def main() -> None:
         print(f"{model:<18}{m['samples_globe_s']:>21.2f}{m['complete_map_s']:>18.2f}  {verdict}")
     if not args.no_write:
         try:
-            previous = json.loads(LATENCY_TABLE.read_text()).get("models", {}) if args.models else {}
+            previous = json.loads(LATENCY_TABLE.read_text()).get("models", {})
         except (OSError, ValueError):
             previous = {}
         LATENCY_TABLE.write_text(json.dumps({

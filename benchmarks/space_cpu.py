@@ -14,6 +14,8 @@ Usage: python -m benchmarks.space_cpu [--shapes osv5m yfcc] [--threads 2] [--lev
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import shutil
 import sys
 import tempfile
@@ -25,13 +27,13 @@ import torch
 from PIL import Image
 
 import app
-from benchmarks.app_latency import matmul_rate
+from benchmarks.app_latency import machine, matmul_rate
 from geodemo.checkpoint import save_checkpoint
 from geodemo.encoders import register_encoder
 from geodemo.encoders.backbones import BackboneEncoder, clip_preprocess, square_crop_preprocess
 from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
-from geodemo.service import MAP_OPTIONS, ModelCache, make_catalogue
+from geodemo.service import LATENCY_TABLE, MAP_OPTIONS, ModelCache, make_catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
 STREET_CLIP_VISION = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
@@ -76,6 +78,19 @@ SHAPES = {
     "osv5m": ("StreetCLIP ViT-L/14-336", lambda: (street_clip_tower(), clip_preprocess)),
     "yfcc": ("DINOv2-reg ViT-L/14 (336 px)", lambda: (dinov2_tower(), square_crop_preprocess)),
 }
+SHAPE_MODELS = {"osv5m": "nicolas-dufour/PLONK_OSV_5M", "yfcc": "nicolas-dufour/PLONK_YFCC"}
+"""The official model each shape stands for in assets/app_latency.json (the app's map note reads it there)."""
+
+
+def record(latency: dict[str, dict]) -> None:
+    """Merge the official models' measured times into assets/app_latency.json (each entry says its machine)."""
+    try:
+        table = json.loads(LATENCY_TABLE.read_text())
+    except (OSError, ValueError):
+        table = {"machine": machine().split(" (")[0], "measured": datetime.date.today().isoformat(), "models": {}}
+    table["models"] = {**table.get("models", {}), **latency}
+    LATENCY_TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {LATENCY_TABLE}")
 
 
 class Bf16Tower(torch.nn.Module):
@@ -112,11 +127,12 @@ def build_shape(shape: str, folder: Path, encoder_bf16: bool) -> str:
     return name
 
 
-def time_request(fn, payload, model: str, samples: int, steps: int, guidance: float) -> tuple[float, float, int]:
+def time_request(fn, payload, model: str, samples: int, steps: int, guidance: float,
+                 density: bool = True) -> tuple[float, float, int]:
     """(seconds to the first yield, seconds to the last, yields) of one request through the app's function."""
     start = time.perf_counter()
     first, count = None, 0
-    for _ in fn(payload, model, guidance, steps, samples, 0, True):
+    for _ in fn(payload, model, guidance, steps, samples, 0, density):
         count += 1
         first = first if first is not None else time.perf_counter() - start
         print(f"  yield {count} at {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -136,6 +152,8 @@ def main() -> None:
     parser.add_argument("--coarse-deg", type=float, default=MAP_OPTIONS["coarse_deg"])
     parser.add_argument("--repeats", type=int, default=2, help="timed requests per row after one warm-up")
     parser.add_argument("--encoder-bf16", action="store_true", help="run the image encoder under bf16 autocast")
+    parser.add_argument("--no-write", action="store_true",
+                        help=f"print only; else the first --levels row of each shape goes to {LATENCY_TABLE.name}")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -148,6 +166,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), matmul {matmul_rate():.0f} GFLOP/s fp32 now; "
           f"{args.samples} samples x {args.steps} steps, w = {args.guidance}, image {Path(args.image).name}, "
           f"encoder {'bf16 autocast' if args.encoder_bf16 else 'fp32'}")
+    latency: dict[str, dict] = {}
     print("| shape | map levels | encoder build s | encoding s | samples + globe s | complete map s | yields |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes:
@@ -169,14 +188,22 @@ def main() -> None:
             encode_s = (time.perf_counter() - started) / args.repeats
             print(f"  {shape}: encoder built and loaded in {build_s:.1f} s, encoding {encode_s:.2f} s", file=sys.stderr,
                   flush=True)
-            time_request(fn, payload, name, 16, 2, args.guidance)  # warm-up: a small request of the same shapes
+            # warm-up: a small request of the same shapes, without the map (on a CPU the map needs no warming, and
+            # with random weights it costs as much as a timed one)
+            time_request(fn, payload, name, 16, 2, args.guidance, density=False)
             runs = [time_request(fn, payload, name, args.samples, args.steps, args.guidance)
                     for _ in range(args.repeats)]
             first = sorted(r[0] for r in runs)[len(runs) // 2]
             last = sorted(r[1] for r in runs)[len(runs) // 2]
             print(f"| {SHAPES[shape][0]} + dim 512 / 12 | {levels} | {build_s:.1f} | {encode_s:.2f} | {first:.2f} | "
                   f"{last:.2f} | {runs[0][2]} |", flush=True)
+            latency.setdefault(SHAPE_MODELS[shape], {
+                "samples_globe_s": round(first, 1), "complete_map_s": round(last, 1),
+                "machine": f"{machine().split(' (')[0]} ({args.threads} threads; random weights in this model's shape)",
+                "measured": datetime.date.today().isoformat()})
     shutil.rmtree(folder, ignore_errors=True)
+    if not args.no_write:
+        record(latency)
 
 
 if __name__ == "__main__":

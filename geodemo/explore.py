@@ -47,6 +47,9 @@ shipped models' evaluation (16 samples per image for the localizability)."""
 GUIDANCE_SWEEP = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 STEPS_SWEEP = (1, 2, 4, 8, 16, 32, 64, 128, 250)
 PATH_TIMES = 5
+PATH_MAP_OPTIONS = {**MAP_OPTIONS, "levels": 3, "max_cells_per_level": 16}
+"""The probability path's maps between the ends: two refinement levels fewer than the app's map (cells down to 2.5
+degrees), enough for the broad p_t there; the data end (the model's density, sharp) gets the app's own map."""
 FIELD_POINTS = 200
 """Points of the Fibonacci lattice where the Riemannian flow's tangent field is drawn."""
 DATA_END_SIGMA = inspect.signature(likelihood_log_density).parameters["radial_sigma"].default
@@ -482,7 +485,7 @@ def probability_path_stages(pipe: GeoPipeline, image: Image.Image | Embeddings, 
     (num_samples samples from `seed`) and, for the Riemannian flow, its tangent field at each t.
 
     Yields first the particles, the field and the base density at the noise end, then each later time's density
-    as an adaptive map (progressive_density with map_options, default geodemo.service.MAP_OPTIONS, refined where
+    as an adaptive map (progressive_density with map_options over PATH_MAP_OPTIONS, MAP_OPTIONS at t = 0, refined where
     the mass and the particles are). All at the same guidance w: the density is the one the guided ODE transports.
     """
     request = check_request(num_samples, steps, guidance, seed)
@@ -504,13 +507,15 @@ def probability_path_stages(pipe: GeoPipeline, image: Image.Image | Embeddings, 
              "ODE from t (up to the solver's error); the map's cells show the density at their centre.")
     path = ProbabilityPath(name or pipe.name, pipe.process.name, times, trajectories, request.steps,
                            request.guidance, request.seed, options, exact, truth)
-    map_options = {**MAP_OPTIONS, **(map_options or {})}
+    data_end = {**MAP_OPTIONS, **(map_options or {})}
+    between = {**PATH_MAP_OPTIONS, **(map_options or {})}
     for i, frame in enumerate(times):
         started = time.perf_counter()
         fn = marginal_log_density(pipe, embedding, frame.t, request.guidance, options)
         particles = xyz_to_latlon(frame.particles_xyz.double())
-        levels = 0 if at_noise_end(pipe, frame.t) else map_options["levels"]  # the base is flat: no refinement
-        frame.cells = complete(progressive_density(fn, samples=particles, **{**map_options, "levels": levels}))
+        grid = data_end if frame.t == 0 else between
+        levels = 0 if at_noise_end(pipe, frame.t) else grid["levels"]  # the base is flat: no refinement
+        frame.cells = complete(progressive_density(fn, samples=particles, **{**grid, "levels": levels}))
         frame.seconds = time.perf_counter() - started
         yield replace(path, times=[replace(p) for p in times], complete=i == len(times) - 1)
 

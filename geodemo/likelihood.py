@@ -40,7 +40,8 @@ Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: 
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" at least as accurate as the authors' solver (adaptive dopri5, measured in
 benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8 steps, step doubling checked: < 0.05 nats where
-log p is within 10 nats of its maximum, measured on the shipped models; over-estimated far below it)."""
+log p is within 10 nats of its maximum, measured on the shipped models; over-estimated far below it; on a CPU the
+doubling stops at CPU_MAP_MAX_STEPS)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,20 @@ class ODEOptions:
     check_tolerance: float = 0.04
     """RK4's error is about (finer - coarser) 16/15, so 0.04 keeps it within the map's 0.05 nats; a tighter check
     chases the float32 solve's own noise (about 0.01-0.02 nats on the shipped models, measured against 256 steps)."""
+    max_steps: int = 2048
+    """Fixed-step solves with a check: step doubling never goes past this many steps (nor its radial nodes past
+    the same factor), whatever the check says: a bound on the time of one solve."""
     screen_steps: int = 0
     """Fixed-step solves: solve every point with this many steps first, then with `steps` the points within
     RELEVANT_NATS + RELEVANCE_MARGIN of the highest one, and again those near the highest fully solved one until
     none is left (a grid that misses a sharp peak can end up solving all); 0: no screening."""
+
+
+CPU_MAP_MAX_STEPS = 64
+"""The "map" preset's step doubling on a CPU stops at 64 steps (8 radial nodes): one doubling past the 32-step
+solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
+32 steps were off by up to 0.09 (RFM) and 0.04 (earth-flow); further doublings there chase the float32 solve's
+own noise at 4x, 16x, ... the cost (earth-flow's complete map: more than 24 minutes on 2 cores without the cap)."""
 
 
 def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptions:
@@ -81,7 +92,8 @@ def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptio
     if accuracy == "map":
         return ODEOptions(method="rk4", steps=32, radial_nodes=4, radial_rule="hermite",
                           precision="bf16" if cuda else "native", compile=compiled,
-                          chunk_size=1 << 17 if cuda else 4096, check_points=8, screen_steps=8)
+                          chunk_size=1 << 17 if cuda else 4096, check_points=8, screen_steps=8,
+                          max_steps=2048 if cuda else CPU_MAP_MAX_STEPS)
     raise ValueError(f"accuracy must be 'default' or 'map', got {accuracy!r}")
 
 
@@ -337,17 +349,15 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
             break
         points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
         finer_opts = replace(opts, steps=2 * (opts.steps or 64), radial_nodes=2 * opts.radial_nodes)
+        if finer_opts.steps > opts.max_steps:
+            break
         finer = solve(points, finer_opts)
-        if (finer - logp.gather(1, index)).abs().max() <= opts.check_tolerance or finer_opts.steps > MAX_CHECKED_STEPS:
+        if (finer - logp.gather(1, index)).abs().max() <= opts.check_tolerance:
             break
         opts = finer_opts
         near = relevant_columns(logp, known_max)
         logp[:, near] = solve(xyz[:, near], opts)
     return logp
-
-
-MAX_CHECKED_STEPS = 2048
-"""Step doubling stops at this many steps (8,192 evaluations for RK4) whatever the check says."""
 
 
 RELEVANT_NATS = 10.0

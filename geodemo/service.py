@@ -114,11 +114,12 @@ class Catalogue:
 
 
 def measured_latency(model: str) -> dict | None:
-    """How long the default request took for a shipped model where benchmarks/app_latency.py measured it:
-    {"samples_globe_s", "complete_map_s", "machine", "measured"}; None when not measured."""
+    """How long the default request took for a model where benchmarks/app_latency.py (shipped models) or
+    benchmarks/space_cpu.py (official models' shapes) measured it: {"samples_globe_s", "complete_map_s", "machine",
+    "measured"}, an entry's own "machine" / "measured" before the table's; None when not measured."""
     try:
         table = json.loads(LATENCY_TABLE.read_text())
-        return {**table["models"][model], "machine": table["machine"], "measured": table["measured"]}
+        return {"machine": table["machine"], "measured": table["measured"], **table["models"][model]}
     except (OSError, ValueError, KeyError):
         return None
 

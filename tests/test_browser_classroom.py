@@ -85,7 +85,7 @@ def test_classroom_tab_runs_every_panel_in_a_browser(url, tmp_path):
             fill(page, "path-samples", 64)
 
         page.get_by_role("button", name="Compare the processes").click()
-        page.wait_for_function(FRAMES + " > 1", arg="compare-globes", timeout=120_000)
+        page.wait_for_function(f"(id) => ({FRAMES})(id) > 1", arg="compare-globes", timeout=120_000)
         page.wait_for_function("() => document.querySelector('#compare-summary').innerText.includes('nats/sr')"
                                " && !document.querySelector('#compare-summary').innerText.includes('computing')",
                                timeout=180_000)
@@ -107,7 +107,7 @@ def test_classroom_tab_runs_every_panel_in_a_browser(url, tmp_path):
         page.locator("#panel-steps").screenshot(path=str(shots / "3-steps.png"))
 
         page.get_by_role("button", name="Show the path").click()
-        page.wait_for_function(FRAMES + " === 5", arg="path-globe", timeout=120_000)
+        page.wait_for_function(f"(id) => ({FRAMES})(id) === 5", arg="path-globe", timeout=120_000)
         page.wait_for_function(DONE, arg="path-summary", timeout=300_000)
         play(page, "path-globe")
         page.wait_for_timeout(1500)

@@ -268,3 +268,18 @@ def test_density_grid_map_mode_takes_its_maximum_from_the_models_samples(monkeyp
     points = torch.cat((torch.stack(torch.meshgrid(lats, lons, indexing="ij"), -1).reshape(-1, 2), samples.double()))
     both = pipe.log_density(points, embeddings=emb, guidance=4.0, accuracy="map", check_points=0)[0]
     assert torch.allclose(grid.reshape(-1), both[:72], atol=1e-4)
+
+
+@pytest.mark.parametrize("max_steps", [32, 64, 128])
+def test_step_doubling_stops_at_max_steps_whatever_the_check_says(monkeypatch, max_steps):
+    """A check that never passes (tolerance -1) doubles the steps up to max_steps and no further; the CPU map preset
+    stops one doubling past its 32 steps."""
+    steps = []
+    solve = likelihood.fixed_steps
+    monkeypatch.setattr(likelihood, "fixed_steps", lambda *args: steps.append(args[4]) or solve(*args))
+    net = random_network(dim=16, depth=1, cond_dim=8)
+    xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(1)))
+    log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz, accuracy="map", check_tolerance=-1.0,
+                max_steps=max_steps, screen_steps=0)
+    assert max(steps) == max_steps and steps.count(max_steps) >= (1 if max_steps == 32 else 2)
+    assert accuracy_options("map", "cpu").max_steps == 2 * accuracy_options("map", "cpu").steps
