@@ -329,8 +329,13 @@ def map_time(model_name: str) -> str:
     measured = measured_latency(model_name)
     if measured is None:
         return "time not measured for this model"
-    return (f"about {measured['complete_map_s']:.0f} s in all on a {measured['machine']} "
+    return (f"about {spoken_time(measured['complete_map_s'])} in all on a {measured['machine']} "
             f"(samples + globe: {measured['samples_globe_s']:.1f} s; measured {measured['measured']})")
+
+
+def spoken_time(seconds: float) -> str:
+    """A duration as a person reads it: seconds up to 90 s, whole minutes beyond."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{round(seconds / 60)} min"
 
 
 def kept_in_cache(demo: gr.Blocks) -> set[str]:

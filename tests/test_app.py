@@ -21,7 +21,7 @@ from geodemo.examples import example_views
 from geodemo.guidance_spread import distinct_positions
 from geodemo.images import load_image
 from geodemo.registry import shipped_models
-from geodemo.service import DEFAULTS, GUIDED_CANDIDATES, POINT_GUIDANCE, density_options
+from geodemo.service import DEFAULTS, GUIDED_CANDIDATES, LATENCY_TABLE, POINT_GUIDANCE, density_options
 from geodemo.sphere import xyz_to_latlon
 
 MODEL = "app-test-model"
@@ -234,3 +234,13 @@ def test_defaults_show_the_distribution_on_every_example_view(client, model):
     embeddings = torch.cat([pipe.embed(load_image(view).image) for view in views])
     latlon = pipe.predict(embeddings=embeddings, num_samples=128).latlon  # predict()'s own defaults otherwise
     assert all(distinct_positions(s) >= 100 for s in latlon), (model, "predict()")
+
+
+def test_the_map_note_states_the_measured_time_of_each_shipped_model():
+    table = json.loads(LATENCY_TABLE.read_text())
+    for name, entry in table["models"].items():
+        note = app.map_note(name)
+        assert f"samples + globe: {entry['samples_globe_s']:.1f} s" in note, note
+        assert app.spoken_time(entry["complete_map_s"]) in note and entry["measured"] in note, note
+    assert app.spoken_time(46.3) == "46 s" and app.spoken_time(424.8) == "7 min"
+    assert "not measured" in app.map_note("some/unmeasured-model")
