@@ -4,7 +4,7 @@ The requests mix good images (the shipped example views, random seeds and sizes,
 exact log-density map), corrupt files (truncated JPEG, text, random bytes) and absurd values (steps 100000,
 -5 samples, guidance 1e9, a path as the model, ...). Printed: per kind, completed / rejected with a message /
 failed and latency percentiles; the app's temporary folder (files, MB) and the server's resident memory after
-start-up, after warm-up, at each quarter of the run and at the end; tracebacks in the server log; the exit
+start-up, after warm-up, at each of `--snapshots` equal parts of the run and at the end; tracebacks in the server log; the exit
 status after SIGTERM.
 
 A failure is: a good request not answered (other than "queue is full, try again"), a bad one answered, an error
@@ -13,7 +13,7 @@ The server is `python app.py` in a subprocess with its own temporary folder and,
 (so that pruning happens within the run); it serves the shipped `default` model on the CPU.
 
 Usage: python benchmarks/app_load.py [--clients 20] [--requests 10] [--time-limit 900] [--density-every 6]
-       [--temp-max-mb 16] [--temp-max-age 600] [--queue-size 32]
+       [--temp-max-mb 16] [--temp-max-age 600] [--queue-size 32] [--snapshots 4]
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--temp-max-mb", type=float, default=16)
     parser.add_argument("--temp-max-age", type=float, default=600)
     parser.add_argument("--queue-size", type=int, default=32)
+    parser.add_argument("--snapshots", type=int, default=4, help="temp folder and RSS read this many times in the run")
     args = parser.parse_args()
 
     examples = [str(view.path) for view in example_views() if view.path.is_file()]
@@ -197,7 +198,8 @@ def main() -> None:
         outcomes: list[Outcome] = []
         lock = threading.Lock()
         total = args.clients * args.requests
-        quarters = {round(total * q / 4): f"{q}/4 of the requests done" for q in (1, 2, 3)}
+        marks = {round(total * q / args.snapshots): f"{q}/{args.snapshots} of the requests done"
+                    for q in range(1, args.snapshots)}
         deadline = time.monotonic() + args.time_limit
         plans = [plan(c, args.requests, examples, corrupt, args.density_every, random.Random(c))
                  for c in range(args.clients)]
@@ -212,8 +214,8 @@ def main() -> None:
                 outcome = one_request(client, kind, inputs, args.timeout)
                 with lock:
                     outcomes.append(outcome)
-                    if len(outcomes) in quarters:
-                        snapshot(quarters[len(outcomes)])
+                    if len(outcomes) in marks:
+                        snapshot(marks[len(outcomes)])
 
         began = time.perf_counter()
         threads = [threading.Thread(target=client_run, args=(jobs,)) for jobs in plans]

@@ -60,9 +60,6 @@ def play(page, globe_id: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (FULL or os.environ.get("GEODEMO_CLASSROOM_BROWSER")),
-                    reason="not yet measured to fit a CI run with the retrained models (their log-density maps take "
-                           "minutes per panel on 2 cores, issue 13): set GEODEMO_CLASSROOM_BROWSER=1 to run it")
 def test_classroom_tab_runs_every_panel_in_a_browser(url, tmp_path):
     examples, _ = app.example_images()
     image = next(e for e in examples if "nile" in e)
