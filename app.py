@@ -24,6 +24,7 @@ from classroom import build_classroom_tab
 from geodemo.examples import example_views
 from geodemo.guidance_spread import guidance_hint
 from geodemo.images import ImageError, load_image
+from geodemo.memory import release_freed_memory
 from geodemo.plotting import density_map_figure, globe_figure, render_png
 from geodemo.request_files import RequestFiles, TempBounds, use_own_temp_dir
 from geodemo.service import (DEFAULTS, LIMITS, POINT_GUIDANCE, Catalogue, ModelCache, ModelUnavailable, Request,
@@ -162,12 +163,14 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         globe = request_globe(pipe, model_name, request, first, shown, revision)
         log.info("samples + globe in %.2f s", time.perf_counter() - started)
         yield globe, None, shown.to_markdown(), *downloads(first), state
+        # Every later yield repeats the outputs it does not change: a prop update (gr.skip()) makes Gradio build a
+        # new component into the session's config, which then grows with every request (benchmarks/README.md).
         if first.final:
-            yield gr.skip(), *map_outputs(first)[:1], gr.skip(), gr.skip(), gr.skip(), state
+            yield globe, *map_outputs(first), state
             return
         try:
             progress(0.45, desc=f"Log-density map ({map_time(model_name)})")
-            drawn = None
+            drawn, drawn_png = None, None
             for stage in stages:
                 progress(min(0.95, 0.55 + 0.4 * stage.level / max(1, stage.levels)),
                          desc=f"Log-density map, refinement {stage.level} of {stage.levels}")
@@ -178,9 +181,10 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                     state = {**state, "best_guess": shown.best_guess}
                 if shown_level(stage) and stage.cells is not drawn:
                     drawn = stage.cells
-                    yield globe if refined else gr.skip(), *map_outputs(stage), state
+                    drawn_png, *rest = map_outputs(stage)
+                    yield globe, drawn_png, *rest, state
                 elif refined:
-                    yield globe, gr.skip(), shown.to_markdown(), *downloads(stage), state
+                    yield globe, drawn_png, shown.to_markdown(), *downloads(stage), state
         except (ValueError, RuntimeError, MemoryError) as err:
             log.exception("log-density failed")
             reason = err if isinstance(err, ValueError) else type(err).__name__  # e.g. OutOfMemoryError, not its text
@@ -192,19 +196,21 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                        progress=gr.Progress(track_tqdm=True)):  # track_tqdm: hub downloads show their progress
         """One request (answer). An error replaces what the previous request showed by an empty globe and a note,
         so that no output seems to answer the new request, then reaches the user as one sentence."""
-        answered = False
+        answered = None
         try:
             for update in answer(image, model_name, guidance, steps, num_samples, seed, exact_density, progress):
-                answered = True
+                answered = update
                 yield update
         except gr.Error as err:
             log.warning("request not answered: %s", err.message)
-            if not answered:
+            if answered is None:
                 yield (globe_figure(title="No answer: see the message").to_json(), None,
                        f"**No answer.** {err.message}", None, None, None)
             else:  # the samples stand; the map that failed is cleared
-                yield gr.skip(), None, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                yield answered[0], None, *answered[2:]
             raise gr.Error(err.message, print_exception=False) from None
+        finally:
+            release_freed_memory()
 
     def describe(model_name):
         """The model's line, what guidance does to its samples (measured), and how long its map takes."""
@@ -282,7 +288,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
 def complete_answer(request_fn):
     """A streaming request folded into its complete answer: each output's latest value, an output left out of
     a later update (gr.skip()) keeping the earlier one. A cached example keeps only what its function returns
-    last, and the stream's last update leaves the globe out."""
+    last."""
 
     def answer(*args):
         latest = None

@@ -142,14 +142,15 @@ def compare_updates(models: ModelCache, image, model_a, model_b, model_c, num_sa
     """/compare_processes: one image under three models from one seed; streams the globes, then the scores."""
     loaded = _image(image)
     truth, source = image_truth(loaded)
-    sampled = 0
+    sampled, globes = 0, None
     for stage in compare_processes_stages(chosen_pipes(models, model_a, model_b, model_c), loaded.image,
                                           num_samples=num_samples, steps=steps, guidance=guidance, seed=seed,
                                           truth=truth):
-        redraw = len(stage.runs) > sampled or stage.complete  # a new globe, or the scored best guesses
+        if len(stage.runs) > sampled or stage.complete:  # a new globe, or the scored best guesses
+            globes = comparison_globes(stage).to_json()
         sampled = len(stage.runs)
-        yield (comparison_globes(stage).to_json() if redraw else gr.skip(),
-               _truth_line(truth, source) + "\n\n" + comparison_table(stage), stage.to_dict())
+        # the unchanged globe is sent again, not skipped: Gradio keeps a new component per skip in the session
+        yield globes, _truth_line(truth, source) + "\n\n" + comparison_table(stage), stage.to_dict()
 
 
 def guidance_updates(models: ModelCache, image, model_a, model_b, model_c, guidance_list, num_samples, steps,

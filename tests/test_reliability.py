@@ -6,6 +6,7 @@ folder (GRADIO_TEMP_DIR), so every file the app writes can be counted.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import httpx
 import numpy as np
 import plotly.graph_objects as go
@@ -170,6 +172,24 @@ def error_of(client, image, **kwargs) -> str:
     with pytest.raises(Exception) as info:
         stream(client, image, **kwargs)
     return str(info.value)
+
+
+def live_components() -> int:
+    gc.collect()
+    return sum(isinstance(o, gr.components.Component) for o in gc.get_objects())
+
+
+def test_a_sessions_requests_do_not_grow_the_servers_components(server, tmp_path):
+    """Each output a request leaves unchanged is sent again, not skipped: Gradio builds a new component into the
+    session's config for every prop update (gr.skip()), which grew the server's memory with every request."""
+    client = new_client(server)
+    image = write_test_image(tmp_path / "view.jpg")
+    for density in (False, True):  # warm-up: the session's own copies of the outputs
+        stream(client, image, seed=1, density=density)
+    before = live_components()
+    for i in range(8):
+        stream(client, image, seed=i, density=i % 2 == 0)
+    assert live_components() - before < 4, (before, live_components())
 
 
 @pytest.mark.slow
