@@ -62,6 +62,8 @@ function draw() {
   const target = element.querySelector('.geodemo-globe');
   if (!target || !props.value) { return; }
   if (!window.Plotly) { setTimeout(draw, 100); return; }
+  if (target._geodemoDrawn === props.value) { return; }  // the same figure sent again: keep the animation going
+  target._geodemoDrawn = props.value;
   const fig = JSON.parse(props.value);
   window.Plotly.react(target, {data: fig.data, layout: fig.layout, frames: fig.frames || [],
                                config: {responsive: true, displaylogo: false}});
