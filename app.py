@@ -121,7 +121,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
     globe_head = f'<script src="gradio_api/file={PLOTLY_JS}"></script>'
 
     def map_outputs(stage: Stage):
-        """The map, summary and download updates of one drawn stage of the request."""
+        """The map picture and the summary of one drawn stage of the request."""
         summary, cells = stage.summary, stage.cells
         if cells is None:
             title = "Samples (exact log-density map switched off)"
@@ -131,7 +131,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         figure = density_map_figure(cells, stage.samples, truth=summary.truth, best_guess=summary.best_guess,
                                     title=title, best_guess_label=best_guess_name(summary),
                                     region_temperature=summary.region_temperature)
-        return render_png(figure), summary.to_markdown(), *downloads(stage)
+        return render_png(figure), summary.to_markdown()
 
     def downloads(stage: Stage) -> tuple[str, str]:
         return write_downloads(request_files, export_rows(stage.samples, stage.sample_log_density, stage.summary,
@@ -164,11 +164,12 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                  "best_guess": shown.best_guess}
         globe = request_globe(pipe, model_name, request, first, shown, revision)
         log.info("samples + globe in %.2f s", time.perf_counter() - started)
-        yield globe, None, shown.to_markdown(), *downloads(first), state
+        files = downloads(first)
+        yield globe, None, shown.to_markdown(), *files, state
         # Every later yield repeats the outputs it does not change: a prop update (gr.skip()) makes Gradio build a
         # new component into the session's config, which then grows with every request (benchmarks/README.md).
         if first.final:
-            yield globe, *map_outputs(first), state
+            yield globe, *map_outputs(first), *files, state
             return
         try:
             progress(0.45, desc=f"Log-density map ({map_time(model_name)})")
@@ -183,8 +184,8 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
                     state = {**state, "best_guess": shown.best_guess}
                 if shown_level(stage) and stage.cells is not drawn:
                     drawn = stage.cells
-                    drawn_png, *rest = map_outputs(stage)
-                    yield globe, drawn_png, *rest, state
+                    drawn_png, summary_text = map_outputs(stage)
+                    yield globe, drawn_png, summary_text, *downloads(stage), state
                 elif refined:
                     yield globe, drawn_png, shown.to_markdown(), *downloads(stage), state
         except (ValueError, RuntimeError, MemoryError) as err:
@@ -288,16 +289,13 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
 
 
 def complete_answer(request_fn):
-    """A streaming request folded into its complete answer: each output's latest value, an output left out of
-    a later update (gr.skip()) keeping the earlier one. A cached example keeps only what its function returns
-    last."""
+    """A streaming request's complete answer: its last update (each update carries every output). A cached
+    example keeps only what its function returns last."""
 
     def answer(*args):
         latest = None
-        for update in request_fn(*args):
-            latest = update if latest is None else tuple(
-                old if isinstance(new, dict) and new.get("__type__") == "update" and len(new) == 1 else new
-                for old, new in zip(latest, update))
+        for latest in request_fn(*args):
+            pass
         return latest
 
     return answer

@@ -120,15 +120,20 @@ def main() -> None:
         verdict = "met" if m["complete_map_s"] < 10 else "MISSED"
         print(f"{model:<18}{m['samples_globe_s']:>21.2f}{m['complete_map_s']:>18.2f}  {verdict}")
     if not args.no_write:
-        try:
-            previous = json.loads(LATENCY_TABLE.read_text()).get("models", {})
-        except (OSError, ValueError):
-            previous = {}
-        LATENCY_TABLE.write_text(json.dumps({
-            "machine": machine().split(" (")[0], "measured": datetime.date.today().isoformat(),
-            "request": {**DEFAULTS, "image": Path(args.image).name, "threads": args.threads},
-            "models": {**previous, **measured}}, indent=1) + "\n")
-        print(f"wrote {LATENCY_TABLE}")
+        record_latency(measured, {"machine": machine().split(" (")[0], "measured": datetime.date.today().isoformat(),
+                                  "request": {**DEFAULTS, "image": Path(args.image).name, "threads": args.threads}})
+
+
+def record_latency(entries: dict[str, dict], header: dict | None = None) -> None:
+    """Merge measured entries (model -> times) into assets/app_latency.json, keeping the other models' entries;
+    `header` (machine, measured, request) replaces the table's where given."""
+    try:
+        table = json.loads(LATENCY_TABLE.read_text())
+    except (OSError, ValueError):
+        table = {"machine": machine().split(" (")[0], "measured": datetime.date.today().isoformat()}
+    table = {**table, **(header or {}), "models": {**table.get("models", {}), **entries}}
+    LATENCY_TABLE.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"wrote {LATENCY_TABLE}")
 
 
 if __name__ == "__main__":

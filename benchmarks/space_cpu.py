@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 from PIL import Image
 
 import app
-from benchmarks.app_latency import machine, matmul_rate
+from benchmarks.app_latency import machine, matmul_rate, record_latency
 from geodemo.checkpoint import save_checkpoint
 from geodemo.encoders import register_encoder
 from geodemo.encoders.backbones import BackboneEncoder, clip_preprocess, square_crop_preprocess
@@ -80,17 +79,6 @@ SHAPES = {
 }
 SHAPE_MODELS = {"osv5m": "nicolas-dufour/PLONK_OSV_5M", "yfcc": "nicolas-dufour/PLONK_YFCC"}
 """The official model each shape stands for in assets/app_latency.json (the app's map note reads it there)."""
-
-
-def record(latency: dict[str, dict]) -> None:
-    """Merge the official models' measured times into assets/app_latency.json (each entry says its machine)."""
-    try:
-        table = json.loads(LATENCY_TABLE.read_text())
-    except (OSError, ValueError):
-        table = {"machine": machine().split(" (")[0], "measured": datetime.date.today().isoformat(), "models": {}}
-    table["models"] = {**table.get("models", {}), **latency}
-    LATENCY_TABLE.write_text(json.dumps(table, indent=1) + "\n")
-    print(f"wrote {LATENCY_TABLE}")
 
 
 class Bf16Tower(torch.nn.Module):
@@ -203,7 +191,7 @@ def main() -> None:
                 "measured": datetime.date.today().isoformat()})
     shutil.rmtree(folder, ignore_errors=True)
     if not args.no_write:
-        record(latency)
+        record_latency(latency)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """The server's freed memory, given back to the operating system after each request.
 
 glibc's malloc keeps the memory a thread freed in that thread's arena for reuse; a server whose requests run on
-a pool of worker threads (Gradio's) ends up holding the peak of every arena, and its resident memory creeps up
-with the number of requests (measured: +680 MB over 600 load-test requests, benchmarks/README.md).
-malloc_trim(0) returns the free pages of every arena to the system; elsewhere (no glibc) it is a no-op.
+a pool of worker threads (Gradio's) holds on to the peak of every arena. malloc_trim(0) returns the free pages of
+every arena to the system (measured: it took a quarter off the server's growth over 600 load-test requests; the
+rest was Gradio's per-skip components, benchmarks/README.md); elsewhere (no glibc) it is a no-op.
 """
 
 from __future__ import annotations
