@@ -408,6 +408,7 @@ def predict_shards(pipe: GeoPipeline, shards: list[Shard], output: str | Path, s
         everyone = [stats]
     if world.rank == 0:
         write_manifest(output, shards, settings, everyone)
+    world.barrier()  # no rank tears the process group down while another still uses it (gloo aborts then)
     return stats
 
 

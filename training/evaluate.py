@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     if world.size > 1:
         parts = [None] * world.size
         dist.all_gather_object(parts, part)
+        dist.barrier()  # gloo aborts a rank whose peer destroys the group while it still receives
         dist.destroy_process_group()
     if world.rank != 0:
         return {}

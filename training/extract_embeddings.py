@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"done, {stats['errors']} images skipped" + (f": see {Path(args.output) / ERRORS_FILE}"
                                                             if stats["errors"] else ""))
     if world_size > 1:
+        dist.barrier()  # rank 0 has finished; gloo aborts a rank whose peer destroys the group first
         dist.destroy_process_group()
     return stats
 
