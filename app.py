@@ -168,6 +168,7 @@ def build_demo(catalogue: Catalogue | None = None, device: str | None = None, de
         yield globe, None, shown.to_markdown(), *files, state
         # Every later yield repeats the outputs it does not change: a prop update (gr.skip()) makes Gradio build a
         # new component into the session's config, which then grows with every request (benchmarks/README.md).
+        # A repeated output costs nothing on the wire: Gradio streams a generator's outputs as diffs (empty here).
         if first.final:
             yield globe, *map_outputs(first), *files, state
             return
