@@ -39,9 +39,9 @@ RadialRule = Literal["sinh", "hermite"]
 Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: few nodes)."""
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" at least as accurate as the authors' solver (adaptive dopri5, measured in
-benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8 steps, step doubling checked: < 0.05 nats where
-log p is within 10 nats of its maximum, measured on the shipped models; over-estimated far below it; on a CPU the
-doubling stops at CPU_MAP_MAX_STEPS)."""
+benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as
+a check says: < 0.05 nats where log p is within 10 nats of its maximum, measured on the shipped models;
+over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS)."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +58,14 @@ class ODEOptions:
     compile: bool = False
     chunk_size: int = 8192
     check_points: int = 0
-    """Fixed-step solves: re-solve this many points (check_indices) with twice the steps and radial nodes and
-    double both until the two agree within check_tolerance, each doubling re-solving the points near the maximum
-    (relevant_columns; 0: no check)."""
+    """Fixed-step solves: re-solve this many points (check_indices) with twice the steps and, for the R^3
+    processes, twice the radial nodes; while they disagree by more than check_tolerance, double the steps, the nodes
+    or both (cheapest_agreeing) and re-solve the points near the maximum (relevant_columns; 0: no check)."""
     check_tolerance: float = 0.04
     """RK4's error is about (finer - coarser) 16/15, so 0.04 keeps it within the map's 0.05 nats; a tighter check
     chases the float32 solve's own noise (about 0.01-0.02 nats on the shipped models, measured against 256 steps)."""
     max_steps: int = 2048
-    """Fixed-step solves with a check: step doubling never goes past this many steps (nor its radial nodes past
+    """Fixed-step solves with a check: doubling never goes past this many steps (nor the radial nodes past
     the same factor), whatever the check says: a bound on the time of one solve."""
     screen_steps: int = 0
     """Fixed-step solves: solve every point with this many steps first, then with `steps` the points within
@@ -74,8 +74,8 @@ class ODEOptions:
 
 
 CPU_MAP_MAX_STEPS = 64
-"""The "map" preset's step doubling on a CPU stops at 64 steps (8 radial nodes): one doubling past the 32-step
-solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
+"""The "map" preset's doubling on a CPU stops at 64 steps and 8 radial nodes: one doubling of each past the 32-step,
+4-node solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
 32 steps were off by up to 0.09 (RFM) and 0.04 (earth-flow); further doublings there chase the float32 solve's
 own noise at 4x, 16x, ... the cost (earth-flow's complete map: more than 24 minutes on 2 cores without the cap)."""
 
@@ -343,22 +343,44 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
             break
         logp[:, near] = solve(xyz[:, near], opts)
         solved |= near
-    while opts.check_points:  # step doubling: the same points with twice the steps (and radial nodes) must agree
+    first = opts
+    while opts.check_points:  # the check points solved finer (doublings) must agree with their current values
         index = check_indices(logp, opts.check_points, known_max)
-        if index.shape[1] == 0:
+        candidates = doublings(opts, first, radial=not process.on_sphere)
+        if index.shape[1] == 0 or not candidates:
             break
         points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
-        finer_opts = replace(opts, steps=2 * (opts.steps or 64), radial_nodes=2 * opts.radial_nodes)
-        if finer_opts.steps > opts.max_steps:
-            break
-        finer = solve(points, finer_opts)
+        finest = replace(opts, **{k: v for change in candidates for k, v in change.items()})
+        finer = solve(points, finest)
         if (finer - logp.gather(1, index)).abs().max() <= opts.check_tolerance:
             break
-        opts = finer_opts
+        opts = cheapest_agreeing(solve, points, opts, candidates, finest, finer) if len(candidates) > 1 else finest
         near = relevant_columns(logp, known_max)
         logp[:, near] = solve(xyz[:, near], opts)
     return logp
 
+
+def doublings(opts: ODEOptions, first: ODEOptions, radial: bool) -> list[dict]:
+    """The refinements a fixed-step solve's check may take, one axis doubled each: the steps (up to first.max_steps)
+    and, for the R^3 processes (radial), the radial nodes (up to the same factor over first's)."""
+    steps = opts.steps or 64
+    candidates = [{"steps": 2 * steps}] if 2 * steps <= first.max_steps else []
+    if radial and 2 * opts.radial_nodes * (first.steps or 64) <= first.radial_nodes * first.max_steps:
+        candidates.append({"radial_nodes": 2 * opts.radial_nodes})
+    return candidates
+
+
+def cheapest_agreeing(solve: Callable[[torch.Tensor, ODEOptions], torch.Tensor], points: torch.Tensor,
+                      opts: ODEOptions, candidates: list[dict], finest: ODEOptions, finest_logp: torch.Tensor
+                      ) -> ODEOptions:
+    """After a failed check with every axis doubled (`finest`, the check points' values `finest_logp`): one axis
+    doubled alone is enough if its values agree with finest_logp within check_tolerance (the closer of the two);
+    else `finest`. On the shipped R^3 models the radial rule, not the steps, holds most of the error
+    (benchmarks/README.md)."""
+    singles = [replace(opts, **change) for change in candidates]
+    gaps = [float((solve(points, single) - finest_logp).abs().max()) for single in singles]
+    best = min(range(len(singles)), key=gaps.__getitem__)
+    return singles[best] if gaps[best] <= opts.check_tolerance else finest
 
 RELEVANT_NATS = 10.0
 """The accuracy claims of the fixed-step presets hold where log p is within this many nats of its maximum."""

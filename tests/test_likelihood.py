@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -7,8 +8,8 @@ from torch import nn
 from conftest import random_network
 from geodemo.grids import integrate, latlon_grid
 from geodemo import likelihood
-from geodemo.likelihood import (ODEField, accuracy_options, check_indices, field_and_divergence, fixed_steps, log_density,
-                                r3_log_density, radial_quadrature, relevant_columns, t_at_gamma)
+from geodemo.likelihood import (ODEField, accuracy_options, check_indices, doublings, field_and_divergence, fixed_steps,
+                                log_density, r3_log_density, radial_quadrature, relevant_columns, t_at_gamma)
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz, project
@@ -285,3 +286,39 @@ def test_step_doubling_stops_at_max_steps_whatever_the_check_says(monkeypatch, m
                 max_steps=max_steps, screen_steps=0)
     assert max(steps) == max_steps and steps.count(max_steps) >= (1 if max_steps == 32 else 2)
     assert accuracy_options("map", "cpu").max_steps == 2 * accuracy_options("map", "cpu").steps
+
+
+def test_doublings_refine_one_axis_each_within_the_bound():
+    cpu = accuracy_options("map", "cpu")  # 32 steps, 4 radial nodes, at most 64 steps (so 8 nodes)
+    assert doublings(cpu, cpu, radial=True) == [{"steps": 64}, {"radial_nodes": 8}]
+    assert doublings(cpu, cpu, radial=False) == [{"steps": 64}]
+    assert doublings(dataclasses.replace(cpu, radial_nodes=8), cpu, radial=True) == [{"steps": 64}]
+    assert doublings(dataclasses.replace(cpu, steps=64, radial_nodes=8), cpu, radial=True) == []
+
+
+def record_r3_solves(monkeypatch) -> list[tuple[int, int]]:
+    """(steps, radial nodes) of every fixed-step R^3 solve from now on (one chunk per solve)."""
+    solves, nodes = [], []
+    quadrature, solve = likelihood.radial_quadrature, likelihood.fixed_steps
+    monkeypatch.setattr(likelihood, "radial_quadrature", lambda *a, **k: nodes.append(a[3]) or quadrature(*a, **k))
+    monkeypatch.setattr(likelihood, "fixed_steps", lambda *a: solves.append((a[4], nodes[-1])) or solve(*a))
+    return solves
+
+
+def test_r3_map_check_doubles_only_the_radial_nodes_when_they_hold_the_error(monkeypatch):
+    """The exact denoiser of Gaussian data: a field smooth in time (32 RK4 steps agree with 64) whose radial profile is
+    broad (4 Gauss-Hermite nodes disagree with 8 by ~0.4 nats). The check (both axes doubled) fails; 8 nodes at 32
+    steps agree with it, so the map keeps 32 steps, and the next check (64 steps) passes."""
+    solves = record_r3_solves(monkeypatch)
+    xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)))
+    log_density(LinearField("flow_r3", 0.5), FlowR3(), SCHEDULE, torch.zeros(1, 8), xyz, accuracy="map")
+    assert solves == [(8, 4), (32, 4), (64, 8), (64, 4), (32, 8), (32, 8), (64, 8)]
+    #                 screen, solve,   check,   each axis alone,     re-solve, check
+
+
+def test_r3_map_check_that_never_passes_doubles_both_axes_to_the_bound(monkeypatch):
+    solves = record_r3_solves(monkeypatch)
+    xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)))
+    log_density(random_network(dim=16, depth=1, cond_dim=8), FlowR3(), SCHEDULE, torch.randn(1, 8), xyz,
+                accuracy="map", check_tolerance=-1.0, max_steps=64)
+    assert solves == [(8, 4), (32, 4), (64, 8), (64, 4), (32, 8), (64, 8)]
