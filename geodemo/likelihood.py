@@ -351,10 +351,11 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
             break
         points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
         finest = replace(opts, **{k: v for change in candidates for k, v in change.items()})
-        finer = solve(points, finest)
-        if (finer - logp.gather(1, index)).abs().max() <= opts.check_tolerance:
+        finest_logp = solve(points, finest)
+        if (finest_logp - logp.gather(1, index)).abs().max() <= opts.check_tolerance:
             break
-        opts = cheapest_agreeing(solve, points, opts, candidates, finest, finer) if len(candidates) > 1 else finest
+        opts = cheapest_agreeing(solve, points, opts, candidates, finest, finest_logp) if len(candidates) > 1 \
+            else finest
         near = relevant_columns(logp, known_max)
         logp[:, near] = solve(xyz[:, near], opts)
     return logp
@@ -381,6 +382,7 @@ def cheapest_agreeing(solve: Callable[[torch.Tensor, ODEOptions], torch.Tensor],
     gaps = [float((solve(points, single) - finest_logp).abs().max()) for single in singles]
     best = min(range(len(singles)), key=gaps.__getitem__)
     return singles[best] if gaps[best] <= opts.check_tolerance else finest
+
 
 RELEVANT_NATS = 10.0
 """The accuracy claims of the fixed-step presets hold where log p is within this many nats of its maximum."""
