@@ -26,6 +26,8 @@ from geodemo.sphere import angle_between, latlon_to_xyz
 MAX_FRAMES = 33
 MAX_POINTS = 256
 SPACE_COLOR = "#0b1020"
+LEGEND_COLOR = "rgba(11, 16, 32, 0.7)"
+"""The legend's and colour bar's box: the space colour, translucent, so that white text reads over a zoomed-in globe."""
 START_COLOR = "#8d99ae"
 END_COLOR = "#ff2d55"
 """The samples' colour: the moving points take it in the last frame."""
@@ -211,7 +213,8 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
             line={"color": path_color.astype(np.float32), "colorscale": TIME_COLORSCALE, "cmin": 0, "cmax": 1,
                   "width": 2, "showscale": True,
                   "colorbar": {"title": {"text": "progress<br>0 = noise<br>1 = sample", "font": {"color": "white"}},
-                               "len": 0.5, "thickness": 12, "x": 0.98, "tickfont": {"color": "white"}}},
+                               "len": 0.5, "thickness": 12, "x": 0.98, "tickfont": {"color": "white"},
+                               "bgcolor": LEGEND_COLOR}},
             opacity=0.3, hoverinfo="skip", name="paths"))
         traces.append(_points(traj[0], "noise (start)", size=2, color=START_COLOR, opacity=0.6))
         traces.append(_points(traj[-1], f"samples (end, {n})", size=3.5, color=END_COLOR, opacity=0.9))
@@ -262,7 +265,7 @@ def globe_figure(trajectory_xyz: torch.Tensor | np.ndarray | None = None, sample
         paper_bgcolor=SPACE_COLOR, margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=560,
         scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "cube", "bgcolor": SPACE_COLOR,
                "camera": {"eye": camera_eye(samples_latlon, best_guess, reach, zoom=trajectory_xyz is None)}},
-        legend={"font": {"color": "white"}, "x": 0.01, "y": 0.93, "bgcolor": "rgba(0,0,0,0)",
+        legend={"font": {"color": "white"}, "x": 0.01, "y": 0.93, "bgcolor": LEGEND_COLOR,
                 "title": {"text": "click to show / hide", "font": {"color": "#9aa4b8", "size": 11}}},
         updatemenus=menus, sliders=sliders, uirevision=revision)
     return fig
