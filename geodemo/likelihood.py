@@ -38,8 +38,8 @@ RadialRule = Literal["sinh", "hermite"]
 """The radial quadrature of the R^3 processes: sinh-mapped Gauss-Legendre (any profile, many nodes) or
 Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: few nodes)."""
 Accuracy = Literal["default", "map"]
-"""The log-density presets: "default" at least as accurate as the authors' solver (adaptive dopri5, measured in
-benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as
+"""The log-density presets: "default" adaptive dopri5, as accurate as the authors' solver on a GPU (on a 2-core CPU
+at dim 256 measured 1.5x its max error, benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as
 a check says: < 0.05 nats where log p is within 10 nats of its maximum, measured on the shipped models;
 over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS)."""
 
@@ -77,7 +77,8 @@ CPU_MAP_MAX_STEPS = 64
 """The "map" preset's doubling on a CPU stops at 64 steps and 8 radial nodes: one doubling of each past the 32-step,
 4-node solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
 32 steps were off by up to 0.09 (RFM) and 0.04 (earth-flow); further doublings there chase the float32 solve's
-own noise at 4x, 16x, ... the cost (earth-flow's complete map: more than 24 minutes on 2 cores without the cap)."""
+own noise at 4x, 16x, ... the cost (earth-flow's complete map: more than 24 minutes on 2 cores without the cap).
+A rough field needs more: random dim-256 weights are 0.6 nats off at the cap (benchmarks/README.md)."""
 
 
 def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptions:
