@@ -40,8 +40,8 @@ Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: 
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, as accurate as the authors' solver on a GPU (on a 2-core CPU
 at dim 256 measured 1.5x its max error, benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8
-steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within 10 nats of its maximum, measured on the shipped models;
-over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS)."""
+steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within 10 nats of its maximum,
+measured on the shipped models; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS)."""
 
 
 @dataclass(frozen=True)
