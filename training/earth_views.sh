@@ -1,45 +1,54 @@
 #!/usr/bin/env bash
-# Rebuild the three shipped satellite-view models (assets/earth-rfm, earth-flow, earth-diffusion) on one GPU:
-#   data:  gather the allowed Earth mosaics (training/earth_views_mosaics.py), render + embed training views of
-#          every mosaic (both encoder features) and clean held-out views of each mosaic;
-#   folds: leave one mosaic family out (default: etopo1, then the Natural Earth pair), train the default (RFM)
-#          process once per encoder feature without it, evaluate on the held-out family's views, pick the
-#          feature with the smaller median error on held-out land views;
-#   final: train the three processes on all mosaics with that feature;
+# Rebuild the three shipped satellite-view models (assets/earth-rfm, earth-flow, earth-diffusion) and their image
+# encoder (assets/earth-encoder) on one GPU:
+#   folds:    for each held-out mosaic family (default: etopo1, then the Natural Earth pair), side by side: fine-tune
+#             the encoder on the other families (training/earth_encoder.py), embed training views of those and
+#             clean views of the held-out family with it, train the default (RFM) process once per denoiser size
+#             (FOLD_SIZES, dim x depth), evaluate on the held-out family's views; then the fold table;
+#   encoder:  fine-tune the encoder on every allowed mosaic (FEATURE=earth_lite0_grid2; skipped for the frozen
+#             ImageNet features efficientnet_lite0 / efficientnet_lite0_grid2);
+#   data:     gather the mosaics, render + embed training views of every mosaic and clean held-out views of each;
+#   final:    train the three processes on all mosaics with that feature;
 #   evaluate: evaluate them on every mosaic's held-out views and record the table in each model's config.json.
 #
-#   bash training/earth_views.sh                          # one H200: data 3.5 min, folds 4.5 min, final + evaluate ~6 min
-#   STAGES="data final evaluate" FEATURE=efficientnet_lite0_grid2 bash training/earth_views.sh   # no folds
+#   STAGES=folds bash training/earth_views.sh                               # the leave-one-mosaic-out table
+#   STAGES="encoder data final evaluate" bash training/earth_views.sh      # the shipped models
 #
-# TRAIN_SECONDS caps each training stage's wall time: a run still going then is stopped and its last checkpoint
-# (every 1000 steps) is exported instead. Every step is resumable: finished shards are skipped and
-# `training.train` resumes from <run>/last.pt.
+# ENCODER_SECONDS caps each encoder fine-tuning (its cosine schedule ends at the cap), TRAIN_SECONDS each denoiser
+# training: a run still going then is stopped and its last checkpoint (every 1000 steps) is exported instead.
+# Every step is resumable: finished shards are skipped, training.train resumes from <run>/last.pt and
+# training.earth_encoder from <encoder>/last.pt.
 set -euo pipefail
 MOSAICS=${MOSAICS:-data/mosaics}
 DATA=${DATA:-data/earth}
 RUNS=${RUNS:-runs}
-TRAIN_VIEWS=${TRAIN_VIEWS:-400000}       # in all, split over the mosaics by their manifest weights
+TRAIN_VIEWS=${TRAIN_VIEWS:-250000}       # in all, split over the mosaics by their manifest weights
+FOLD_VIEWS=${FOLD_VIEWS:-120000}         # a fold's training views
 HELDOUT_VIEWS=${HELDOUT_VIEWS:-2000}     # per mosaic: clean 256 px renderings, split seed 1
 FOLD_FAMILIES=${FOLD_FAMILIES:-etopo1,natural-earth}
-FOLD_KEYS=${FOLD_KEYS:-efficientnet_lite0,efficientnet_lite0_grid2}
-FOLD_STEPS=${FOLD_STEPS:-4000}
+FOLD_SIZES=${FOLD_SIZES:-128x4}          # denoiser dim x depth of the fold models
+FOLD_STEPS=${FOLD_STEPS:-3000}
 FINAL_STEPS=${FINAL_STEPS:-8000}
-FEATURE=${FEATURE:-auto}                 # the final models' embedding key; auto: the folds' winner
-STAGES=${STAGES:-data folds final evaluate}
+FEATURE=${FEATURE:-earth_lite0_grid2}    # the final models' embedding key
+STAGES=${STAGES:-folds encoder data final evaluate}
+ENCODER_SECONDS=${ENCODER_SECONDS:-270}
+ENCODER_ARGS=${ENCODER_ARGS:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-100000}
 PYTHON=${PYTHON:-python}
 TRAIN_ARGS=${TRAIN_ARGS:-}   # extra training flags, e.g. for a smoke test: "--dim 16 --depth 1 --batch-size 16"
 EVAL_ARGS=${EVAL_ARGS:-}
 CONFIG=training/configs/earth_views.yaml
+ENCODER_RUN=$RUNS/earth-encoder
 
 stage() { [[ " $STAGES " == *" $1 "* ]]; }
 folders() { $PYTHON -m training.earth_views_data folders --mosaics-dir "$MOSAICS" "$@"; }
 
-# train PROCESS OUT SHARDS KEY STEPS DESCRIPTION (in the background; export the last checkpoint if stopped)
+# train PROCESS OUT SHARDS KEY STEPS DESCRIPTION [training flags] (in the background; export the last checkpoint
+# if stopped)
 train() {
     mkdir -p "$2"
     local args=(--config "$CONFIG" --process "$1" --train-shards "$3" --embedding-key "$4" --encoder "$4"
-                --train-data "$6" --output-dir "$2")
+                --train-data "$6" --output-dir "$2" "${@:7}")
     (timeout --signal=INT "$TRAIN_SECONDS" $PYTHON -m training.train "${args[@]}" --total-steps "$5" $TRAIN_ARGS \
         >"$2/train.log" 2>&1 || true
      if [ ! -f "$2/model/model.safetensors" ]; then
@@ -50,44 +59,71 @@ train() {
      tail -n 1 "$2/metrics.csv") &
 }
 
-if stage data; then
-    echo "$(date +%T) data"
-    [ -f "$MOSAICS/mosaics.json" ] || $PYTHON -m training.earth_views_mosaics --out "$MOSAICS"
-    keys=$FOLD_KEYS
-    stage folds || keys=${FEATURE/auto/efficientnet_lite0}
-    $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/train" --split-seed 0 \
-        --num-views "$TRAIN_VIEWS" --keys "$keys" --batch-size 1024
-    $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$DATA/heldout" --split-seed 1 \
-        --num-views "$HELDOUT_VIEWS" --per-mosaic --no-augment --size 256 --keys "$keys" --shard-size 1000 --batch-size 1000
-fi
+# shards OUT SEED VIEWS KEY WEIGHTS [extra flags]: render + embed views into OUT/<mosaic>/<KEY> (WEIGHTS: the
+# fine-tuned encoder's file for earth_lite0_grid2, "-" for the frozen features)
+shards() {
+    local weights=()
+    [ "$5" = - ] || weights=(--encoder-weights "$5")
+    $PYTHON -m training.earth_views_data shards --mosaics-dir "$MOSAICS" --out "$1" --split-seed "$2" --num-views "$3" \
+        --keys "$4" "${weights[@]}" "${@:6}"
+}
+frozen() { [[ "$FEATURE" == efficientnet_lite0* ]]; }
+
+[ -f "$MOSAICS/mosaics.json" ] || $PYTHON -m training.earth_views_mosaics --out "$MOSAICS"
 
 if stage folds; then
     echo "$(date +%T) folds"
+    key=earth_lite0_grid2
     for family in ${FOLD_FAMILIES//,/ }; do
-        for key in ${FOLD_KEYS//,/ }; do
-            train rfm_s2 "$RUNS/folds/${family}__$key" "$(folders --root "$DATA/train" --key "$key" --exclude-family "$family")" \
-                "$key" "$FOLD_STEPS" "$TRAIN_VIEWS augmented views of the allowed Earth mosaics except the $family family"
+        (
+        fold=$RUNS/folds/$family
+        mkdir -p "$fold"
+        $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --exclude-family "$family" --out "$fold/encoder" \
+            --seconds "$ENCODER_SECONDS" $ENCODER_ARGS >"$fold.encoder.log" 2>&1
+        others=$(folders --root "$DATA" --exclude-family "$family" --names | paste -sd,)
+        mine=$(folders --root "$DATA" --only-family "$family" --names | paste -sd,)
+        shards "$DATA/folds/$family/train" 0 "$FOLD_VIEWS" $key "$fold/encoder/model.safetensors" --mosaics "$others" \
+            --batch-size 1024 >"$fold.data.log" 2>&1
+        shards "$DATA/folds/$family/heldout" 1 "$HELDOUT_VIEWS" $key "$fold/encoder/model.safetensors" --mosaics "$mine" \
+            --per-mosaic --no-augment --size 256 --shard-size 1000 --batch-size 1000 >>"$fold.data.log" 2>&1
+        train_folders=$(folders --root "$DATA/folds/$family/train" --key $key --exclude-family "$family")
+        for size in ${FOLD_SIZES//,/ }; do
+            train rfm_s2 "$RUNS/folds/${family}__$key-$size" "$train_folders" $key "$FOLD_STEPS" \
+                "$FOLD_VIEWS augmented views of the allowed Earth mosaics except the $family family" \
+                --dim "${size%x*}" --depth "${size#*x}"
         done
-    done
-    wait
-    for family in ${FOLD_FAMILIES//,/ }; do
-        for key in ${FOLD_KEYS//,/ }; do
-            for mosaic in $(folders --root "$DATA/heldout" --key "$key" --only-family "$family" --names); do
-                out="$RUNS/folds/${family}__$key"
-                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/heldout/$mosaic/{key}" --steps 32 \
-                    --likelihood-images 100 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" $EVAL_ARGS \
-                    >"$out/eval-$mosaic.log" 2>&1 &
+        wait
+        for size in ${FOLD_SIZES//,/ }; do
+            out="$RUNS/folds/${family}__$key-$size"
+            for mosaic in ${mine//,/ }; do
+                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/folds/$family/heldout/$mosaic/{key}" --steps 32 \
+                    --likelihood-images 50 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" \
+                    $EVAL_ARGS >"$out/eval-$mosaic.log" 2>&1 &
             done
         done
+        wait
+        ) &
     done
     wait
-    # a failed fold evaluation must not cost the final models: report it and fall back to the pooled feature
     $PYTHON -m training.earth_views_folds "$RUNS/folds" --output "$RUNS/folds/summary.json" || echo "fold summary failed"
-    [ "$FEATURE" != auto ] || FEATURE=$($PYTHON -m training.earth_views_folds "$RUNS/folds" --print-best) || FEATURE=auto
+fi
+
+if stage encoder && ! frozen; then
+    echo "$(date +%T) encoder"
+    $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --out "$ENCODER_RUN" --seconds "$ENCODER_SECONDS" \
+        $ENCODER_ARGS >"$ENCODER_RUN.log" 2>&1
+fi
+
+if stage data; then
+    echo "$(date +%T) data"
+    weights=-
+    frozen || weights=$ENCODER_RUN/model.safetensors
+    shards "$DATA/train" 0 "$TRAIN_VIEWS" "$FEATURE" "$weights" --batch-size 1024
+    shards "$DATA/heldout" 1 "$HELDOUT_VIEWS" "$FEATURE" "$weights" --per-mosaic --no-augment --size 256 \
+        --shard-size 1000 --batch-size 1000
 fi
 
 if stage final; then
-    [ "$FEATURE" != auto ] || FEATURE=efficientnet_lite0
     echo "$(date +%T) final models: embedding $FEATURE"
     declare -A NAMES=([rfm_s2]=earth-rfm [flow_r3]=earth-flow [diffusion_r3]=earth-diffusion)
     for process in rfm_s2 flow_r3 diffusion_r3; do
@@ -114,4 +150,5 @@ if stage evaluate; then
     echo "$(date +%T) evaluated"
     tail -n 12 "$RUNS"/earth-*/eval.log
     echo "ship with: for n in earth-rfm earth-flow earth-diffusion; do cp $RUNS/\$n/model/{config.json,model.safetensors} assets/\$n/; done"
+    frozen || echo "      and: cp $ENCODER_RUN/model.safetensors assets/earth-encoder/"
 fi

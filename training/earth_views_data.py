@@ -34,8 +34,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from geodemo.encoders import get_encoder
-from geodemo.encoders.efficientnet import pool_grid
+from geodemo.encoders import forget_built, get_encoder, register_encoder
+from geodemo.encoders.efficientnet import EARTH_NAME, EfficientNetLite0Encoder, pool_grid
 from geodemo.examples import EXAMPLES_FILE
 from training.earth_views import (Augmentation, Mosaic, NO_AUGMENTATION, ViewSampling, augment, blue_marble_mosaic,
                                   basemap_land_mask, ocean_colour, random_view_params, render_example, render_land,
@@ -46,8 +46,10 @@ from training.shards import SAMPLES_PER_SHARD, shard_name, update_sizes, write_s
 
 LOG = logging.getLogger("earth_views_data")
 ENCODER = "efficientnet_lite0"
-GRIDS = {"efficientnet_lite0": 1, "efficientnet_lite0_grid2": 2}
-"""Embedding key (= registered encoder name) -> cells per side of the pooled EfficientNet-Lite0 feature map."""
+FEATURES = {"efficientnet_lite0": (ENCODER, 1), "efficientnet_lite0_grid2": (ENCODER, 2),
+            "earth_lite0_grid2": ("earth_lite0_grid2", 2)}
+"""Embedding key (= registered encoder name) -> (the network whose feature map it pools, cells per side): keys of
+one network come from one pass. earth_lite0_grid2 is the fine-tuned network (training/earth_encoder.py)."""
 VIEW_SIZE = 224
 TRAIN_SEED, HELDOUT_SEED = 0, 1
 
@@ -70,7 +72,7 @@ def shard_views(seed: int, index: int, count: int, mosaic: Mosaic | None = None,
     generator = seeded_generator(seed, zlib.crc32(mosaic.name.encode()), index)
     params = random_view_params(count, generator, sampling)
     ocean = ocean_colour(mosaic, mask)
-    encoder = get_encoder(ENCODER)
+    networks = {FEATURES[key][0] for key in keys}
     device = torch.device(device)
     embeddings: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
     land = []
@@ -81,9 +83,10 @@ def shard_views(seed: int, index: int, count: int, mosaic: Mosaic | None = None,
         pixel_land = render_land(*where, mask=mask)
         views = augment(views, generator, augmentation, land=pixel_land, ocean=ocean)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            features = encoder.feature_map(views)
+            features = {name: get_encoder(name).feature_map(views) for name in networks}
         for key in keys:
-            embeddings[key].append(pool_grid(features.float(), GRIDS[key]).cpu())
+            network, grid = FEATURES[key]
+            embeddings[key].append(pool_grid(features[network].float(), grid).cpu())
         land.append(pixel_land.mean(dim=(1, 2, 3)).cpu())
     return ViewShard(params=params, land=torch.cat(land), embeddings={k: torch.cat(v) for k, v in embeddings.items()})
 
@@ -118,6 +121,12 @@ def write_view_shards(out: str | Path, seed: int, num_views: int, mosaic: Mosaic
         LOG.info("%s %s: %d / %d views, %.0f views/s", mosaic.name, path.name, done, num_views,
                  done / (time.perf_counter() - started))
     return paths
+
+
+def use_earth_encoder(weights: str | Path) -> None:
+    """Make the registered earth_lite0_grid2 encoder read `weights` (a fold's or a new run's fine-tuned network)."""
+    register_encoder(EARTH_NAME, lambda: EfficientNetLite0Encoder(weights=weights, name=EARTH_NAME))
+    forget_built(EARTH_NAME)
 
 
 def views_per_mosaic(entries: Sequence[dict], num_views: int, per_mosaic: bool) -> dict[str, int]:
@@ -185,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"seed of the split: {TRAIN_SEED} = train, {HELDOUT_SEED} = held-out")
     shards.add_argument("--num-views", type=int, required=True, help="in all, split by the manifest weights")
     shards.add_argument("--per-mosaic", action="store_true", help="--num-views for each mosaic instead")
-    shards.add_argument("--keys", default=ENCODER, help=f"comma-separated embedding keys among {sorted(GRIDS)}")
+    shards.add_argument("--keys", default=ENCODER, help=f"comma-separated embedding keys among {sorted(FEATURES)}")
+    shards.add_argument("--encoder-weights", default=None,
+                        help="earth_lite0_grid2 from this file (training.earth_encoder's output) instead of the shipped one")
     shards.add_argument("--size", type=int, default=VIEW_SIZE, help="view size in pixels (embedded at 224)")
     shards.add_argument("--shard-size", type=int, default=SAMPLES_PER_SHARD)
     shards.add_argument("--batch-size", type=int, default=512)
@@ -212,9 +223,11 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(Path(f).parent.name for f in found) if args.names else ",".join(found))
         return
     keys = args.keys.split(",")
-    unknown = [k for k in keys if k not in GRIDS]
+    unknown = [k for k in keys if k not in FEATURES]
     if unknown:
-        parser.error(f"unknown embedding keys {unknown}; choose among {sorted(GRIDS)}")
+        parser.error(f"unknown embedding keys {unknown}; choose among {sorted(FEATURES)}")
+    if args.encoder_weights:
+        use_earth_encoder(args.encoder_weights)
     entries = select(read_manifest(args.mosaics_dir), args.mosaics)
     mask = load_land_mask(args.mosaics_dir)
     counts = views_per_mosaic(entries, args.num_views, args.per_mosaic)

@@ -51,8 +51,16 @@ def _efficientnet_lite0(grid: int = 1) -> Encoder:
     return EfficientNetLite0Encoder(grid)
 
 
+def _earth_lite0() -> Encoder:
+    from geodemo.encoders.efficientnet import EARTH_NAME, EARTH_WEIGHTS, EfficientNetLite0Encoder
+    from geodemo.paths import ASSETS_DIR
+
+    return EfficientNetLite0Encoder(weights=ASSETS_DIR / EARTH_WEIGHTS, name=EARTH_NAME)
+
+
 register_encoder("efficientnet_lite0", _efficientnet_lite0)
 register_encoder("efficientnet_lite0_grid2", lambda: _efficientnet_lite0(grid=2))
+register_encoder("earth_lite0_grid2", _earth_lite0)
 
 
 # The encoders of the authors' released models: built on first use, nothing is downloaded here.
