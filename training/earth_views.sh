@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Rebuild the three shipped satellite-view models (assets/earth-rfm, earth-flow, earth-diffusion) and their image
-# encoder (assets/earth-encoder) on one GPU:
-#   folds:    for each held-out mosaic family (default: etopo1, then the Natural Earth pair), side by side: fine-tune
-#             the encoder on the other families (training/earth_encoder.py), embed training views of those and
-#             clean views of the held-out family with it, train the default (RFM) process once per denoiser size
-#             (FOLD_SIZES, dim x depth), evaluate on the held-out family's views; then the fold table;
-#   encoder:  fine-tune the encoder on every allowed mosaic (FEATURE=earth_lite0_grid2; skipped for the frozen
-#             ImageNet features efficientnet_lite0 / efficientnet_lite0_grid2);
-#   data:     gather the mosaics, render + embed training views of every mosaic and clean held-out views of each;
-#   final:    train the three processes on all mosaics with that feature;
-#   evaluate: evaluate them on every mosaic's held-out views and record the table in each model's config.json.
+# encoder (assets/earth-encoder):
+#   folds:     for each held-out mosaic family (default: etopo1, then the Natural Earth pair), side by side:
+#              fine-tune the encoder on the other families (training/earth_encoder.py), embed training views of
+#              those with it, train the default (RFM) process once per denoiser size (FOLD_SIZES, dim x depth);
+#   fold-eval: embed clean views of each held-out family with its fold's encoder, evaluate the fold models on
+#              them, print the leave-one-mosaic-out table (a CPU does this stage in minutes);
+#   encoder:   fine-tune the encoder on every allowed mosaic (FEATURE=earth_lite0_grid2; skipped for the frozen
+#              ImageNet features efficientnet_lite0 / efficientnet_lite0_grid2);
+#   data:      gather the mosaics, render + embed the training views of every mosaic;
+#   final:     train the three processes on all mosaics with that feature;
+#   evaluate:  embed clean held-out views of every mosaic, evaluate the three models on them and record the
+#              table in each model's config.json.
 #
-#   STAGES=folds bash training/earth_views.sh                               # the leave-one-mosaic-out table
-#   STAGES="encoder data final evaluate" bash training/earth_views.sh      # the shipped models
+#   STAGES="folds fold-eval" bash training/earth_views.sh                 # the leave-one-mosaic-out table
+#   STAGES="encoder data final evaluate" bash training/earth_views.sh    # the shipped models
 #
 # ENCODER_SECONDS caps each encoder fine-tuning (its cosine schedule ends at the cap), TRAIN_SECONDS each denoiser
 # training: a run still going then is stopped and its last checkpoint (every 1000 steps) is exported instead.
@@ -27,10 +29,11 @@ FOLD_VIEWS=${FOLD_VIEWS:-120000}         # a fold's training views
 HELDOUT_VIEWS=${HELDOUT_VIEWS:-2000}     # per mosaic: clean 256 px renderings, split seed 1
 FOLD_FAMILIES=${FOLD_FAMILIES:-etopo1,natural-earth}
 FOLD_SIZES=${FOLD_SIZES:-128x4}          # denoiser dim x depth of the fold models
+FOLD_KEY=earth_lite0_grid2               # the folds fine-tune their own encoder
 FOLD_STEPS=${FOLD_STEPS:-3000}
 FINAL_STEPS=${FINAL_STEPS:-8000}
 FEATURE=${FEATURE:-earth_lite0_grid2}    # the final models' embedding key
-STAGES=${STAGES:-folds encoder data final evaluate}
+STAGES=${STAGES:-folds fold-eval encoder data final evaluate}
 ENCODER_SECONDS=${ENCODER_SECONDS:-270}
 ENCODER_ARGS=${ENCODER_ARGS:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-100000}
@@ -73,7 +76,6 @@ frozen() { [[ "$FEATURE" == efficientnet_lite0* ]]; }
 
 if stage folds; then
     echo "$(date +%T) folds"
-    key=earth_lite0_grid2
     for family in ${FOLD_FAMILIES//,/ }; do
         (
         fold=$RUNS/folds/$family
@@ -81,31 +83,37 @@ if stage folds; then
         $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --exclude-family "$family" --out "$fold/encoder" \
             --seconds "$ENCODER_SECONDS" $ENCODER_ARGS >"$fold.encoder.log" 2>&1
         others=$(folders --root "$DATA" --exclude-family "$family" --names | paste -sd,)
-        mine=$(folders --root "$DATA" --only-family "$family" --names | paste -sd,)
-        shards "$DATA/folds/$family/train" 0 "$FOLD_VIEWS" $key "$fold/encoder/model.safetensors" --mosaics "$others" \
+        shards "$DATA/folds/$family/train" 0 "$FOLD_VIEWS" $FOLD_KEY "$fold/encoder/model.safetensors" --mosaics "$others" \
             --batch-size 1024 >"$fold.data.log" 2>&1
-        shards "$DATA/folds/$family/heldout" 1 "$HELDOUT_VIEWS" $key "$fold/encoder/model.safetensors" --mosaics "$mine" \
-            --per-mosaic --no-augment --size 256 --shard-size 1000 --batch-size 1000 >>"$fold.data.log" 2>&1
-        train_folders=$(folders --root "$DATA/folds/$family/train" --key $key --exclude-family "$family")
+        train_folders=$(folders --root "$DATA/folds/$family/train" --key $FOLD_KEY --exclude-family "$family")
         for size in ${FOLD_SIZES//,/ }; do
-            train rfm_s2 "$RUNS/folds/${family}__$key-$size" "$train_folders" $key "$FOLD_STEPS" \
+            train rfm_s2 "$RUNS/folds/${family}__$FOLD_KEY-$size" "$train_folders" $FOLD_KEY "$FOLD_STEPS" \
                 "$FOLD_VIEWS augmented views of the allowed Earth mosaics except the $family family" \
                 --dim "${size%x*}" --depth "${size#*x}"
-        done
-        wait
-        for size in ${FOLD_SIZES//,/ }; do
-            out="$RUNS/folds/${family}__$key-$size"
-            for mosaic in ${mine//,/ }; do
-                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/folds/$family/heldout/$mosaic/{key}" --steps 32 \
-                    --likelihood-images 50 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" \
-                    $EVAL_ARGS >"$out/eval-$mosaic.log" 2>&1 &
-            done
         done
         wait
         ) &
     done
     wait
-    $PYTHON -m training.earth_views_folds "$RUNS/folds" --output "$RUNS/folds/summary.json" || echo "fold summary failed"
+fi
+
+if stage fold-eval; then
+    echo "$(date +%T) fold evaluation"
+    for family in ${FOLD_FAMILIES//,/ }; do
+        mine=$(folders --root "$DATA" --only-family "$family" --names | paste -sd,)
+        shards "$DATA/folds/$family/heldout" 1 "$HELDOUT_VIEWS" $FOLD_KEY "$RUNS/folds/$family/encoder/model.safetensors" \
+            --mosaics "$mine" --per-mosaic --no-augment --size 256 --shard-size 1000 --batch-size 250 \
+            >"$RUNS/folds/$family.heldout.log" 2>&1
+        for size in ${FOLD_SIZES//,/ }; do
+            out="$RUNS/folds/${family}__$FOLD_KEY-$size"
+            for mosaic in ${mine//,/ }; do
+                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/folds/$family/heldout/$mosaic/{key}" --steps 32 \
+                    --likelihood-images 50 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" \
+                    $EVAL_ARGS >"$out/eval-$mosaic.log" 2>&1
+            done
+        done
+    done
+    $PYTHON -m training.earth_views_folds "$RUNS/folds" --output "$RUNS/folds/summary.json"
 fi
 
 if stage encoder && ! frozen; then
@@ -119,8 +127,6 @@ if stage data; then
     weights=-
     frozen || weights=$ENCODER_RUN/model.safetensors
     shards "$DATA/train" 0 "$TRAIN_VIEWS" "$FEATURE" "$weights" --batch-size 1024
-    shards "$DATA/heldout" 1 "$HELDOUT_VIEWS" "$FEATURE" "$weights" --per-mosaic --no-augment --size 256 \
-        --shard-size 1000 --batch-size 1000
 fi
 
 if stage final; then
@@ -135,6 +141,10 @@ fi
 
 if stage evaluate; then
     echo "$(date +%T) evaluate"
+    weights=-
+    frozen || weights=$ENCODER_RUN/model.safetensors
+    shards "$DATA/heldout" 1 "$HELDOUT_VIEWS" "$FEATURE" "$weights" --per-mosaic --no-augment --size 256 \
+        --shard-size 1000 --batch-size 250
     heldout=$(folders --root "$DATA/heldout" --key "{key}")
     # The RFM model: the full table (100 views per row for NLL / localizability, 16 samples each) and the
     # normalisation check with 4,096 importance samples on 8 views. The R^3 models: their exact likelihood ODE
