@@ -118,6 +118,7 @@ fi
 
 if stage encoder && ! frozen; then
     echo "$(date +%T) encoder"
+    mkdir -p "$RUNS"
     $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --out "$ENCODER_RUN" --seconds "$ENCODER_SECONDS" \
         $ENCODER_ARGS >"$ENCODER_RUN.log" 2>&1
 fi
