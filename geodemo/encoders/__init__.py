@@ -55,7 +55,11 @@ def _earth_lite0() -> Encoder:
     from geodemo.encoders.efficientnet import EARTH_NAME, EARTH_WEIGHTS, EfficientNetLite0Encoder
     from geodemo.paths import ASSETS_DIR
 
-    return EfficientNetLite0Encoder(weights=ASSETS_DIR / EARTH_WEIGHTS, name=EARTH_NAME)
+    weights = ASSETS_DIR / EARTH_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"the fine-tuned Earth-view encoder {weights} is not there: it is made by "
+                                "`STAGES=encoder bash training/earth_views.sh` (training/README.md)")
+    return EfficientNetLite0Encoder(weights=weights, name=EARTH_NAME)
 
 
 register_encoder("efficientnet_lite0", _efficientnet_lite0)
