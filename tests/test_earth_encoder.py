@@ -50,6 +50,18 @@ def test_wrong_encoder_files_are_refused_with_the_reason(tmp_path):
               metadata={"architecture": "tf_efficientnet_lite0", "input_size": "224", "grid": "1"})
     with pytest.raises(ValueError, match="lacks"):
         load_backbone(partial)
+    full = save_backbone(build_model(), tmp_path / "full.safetensors", 224, 1, dtype=torch.float32)
+    from safetensors.torch import load_file
+
+    extra = tmp_path / "extra.safetensors"
+    save_file({**load_file(str(full)), "head.weight": torch.zeros(2)}, str(extra),
+              metadata={"architecture": "tf_efficientnet_lite0", "input_size": "224", "grid": "1"})
+    with pytest.raises(ValueError, match="unexpected"):
+        load_backbone(extra)
+    bare = tmp_path / "bare.safetensors"
+    save_file(load_file(str(full)), str(bare), metadata={"architecture": "tf_efficientnet_lite0"})
+    with pytest.raises(ValueError, match="input size"):
+        load_backbone(bare)
 
 
 def test_soft_geocell_targets_match_a_float64_haversine_reference():

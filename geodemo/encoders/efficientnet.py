@@ -115,10 +115,14 @@ def load_backbone(path: str | Path) -> tuple[torch.nn.Module, int, int]:
         raise ValueError(f"{path} is not a safetensors weights file: {error}") from None
     if metadata.get("architecture") != TIMM_ARCHITECTURE:
         raise ValueError(f"{path} holds {metadata.get('architecture')!r} weights, expected {TIMM_ARCHITECTURE!r}")
+    if not {"input_size", "grid"} <= set(metadata):
+        raise ValueError(f"{path} does not say its input size and grid (metadata {metadata})")
     model = build_timm_model(num_classes=0)
     missing = sorted(set(model.state_dict()) - set(tensors))
-    if missing:
-        raise ValueError(f"{path} lacks {len(missing)} tensors of {TIMM_ARCHITECTURE}, e.g. {missing[:3]}")
+    unexpected = sorted(set(tensors) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match {TIMM_ARCHITECTURE}: lacks {missing[:3]} ({len(missing)}), "
+                         f"has unexpected {unexpected[:3]} ({len(unexpected)})")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
     return model.float().eval().requires_grad_(False), int(metadata["input_size"]), int(metadata["grid"])
 
