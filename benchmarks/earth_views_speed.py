@@ -64,9 +64,9 @@ def main() -> None:
         "embed" + (" (bf16)" if device.type == "cuda" else " (fp32)"): embed,
         "whole shard step (pooled)": lambda: shard_views(0, 0, args.batch, device=device, batch_size=args.batch,
                                                          size=args.size),
-        "whole shard step (pooled + 2 x 2 grid)": lambda: shard_views(0, 0, args.batch, device=device,
-                                                                      batch_size=args.batch, size=args.size,
-                                                                      keys=("efficientnet_lite0", "efficientnet_lite0_grid2")),
+        "whole shard step (pooled + 2 x 2 grid)": lambda: shard_views(
+            0, 0, args.batch, device=device, batch_size=args.batch, size=args.size,
+            keys=("efficientnet_lite0", "efficientnet_lite0_grid2")),
     }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}; batch {args.batch} views of {args.size} x {args.size} px")

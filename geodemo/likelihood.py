@@ -39,9 +39,10 @@ RadialRule = Literal["sinh", "hermite"]
 Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: few nodes)."""
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
-2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps (fixed-step RK4 screened at 8
-steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within 10 nats of its maximum,
-measured on the shipped models; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS)."""
+2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
+(fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
+10 nats of its maximum, measured on the shipped models; over-estimated far below it; on a CPU the doubling stops at
+CPU_MAP_MAX_STEPS)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptio
     cuda = torch.device(device).type == "cuda"
     compiled = compile_allowed(device)
     if accuracy == "default":
-        tolerance = 2e-6 if cuda else CPU_DEFAULT_TOLERANCE
+        tolerance = ODEOptions.atol if cuda else CPU_DEFAULT_TOLERANCE
         return ODEOptions(atol=tolerance, rtol=tolerance, precision="bf16x3" if cuda else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 8192)
     if accuracy == "map":

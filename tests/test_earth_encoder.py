@@ -42,7 +42,8 @@ def test_wrong_encoder_files_are_refused_with_the_reason(tmp_path):
     from safetensors.torch import save_file
 
     other = tmp_path / "other.safetensors"
-    save_file({"w": torch.zeros(2)}, str(other), metadata={"architecture": "resnet50", "input_size": "224", "grid": "1"})
+    save_file({"w": torch.zeros(2)}, str(other),
+              metadata={"architecture": "resnet50", "input_size": "224", "grid": "1"})
     with pytest.raises(ValueError, match="resnet50"):
         load_backbone(other)
     partial = tmp_path / "partial.safetensors"

@@ -169,8 +169,8 @@ def reference_log_density(net: nn.Module, emb: torch.Tensor, xyz: torch.Tensor, 
 @pytest.mark.parametrize("guidance", [0.0, 1.0])
 def test_default_and_map_log_densities_are_within_their_stated_errors(guidance):
     """Against float64 dopri5 (1e-8) on a small random network: the default (float32 dopri5, 5e-7 on a CPU, every
-    point's own error in the tolerance) within 3e-3 nats (measured 3.5e-4 / 1.9e-3), the map mode (RK4, 32 steps, step doubling
-    checked) within 0.05 nats where log p is within 10 nats of its maximum (measured 0.016)."""
+    point's own error in the tolerance) within 3e-3 nats (measured 3.5e-4 / 1.9e-3), the map mode (RK4, 32 steps,
+    step doubling checked) within 0.05 nats where log p is within 10 nats of its maximum (measured 0.016)."""
     net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.5)
     emb, xyz = torch.randn(1, 8), project(torch.randn(1, 12, 3))
     exact = reference_log_density(net, emb, xyz, guidance)

@@ -34,14 +34,13 @@ from torch.nn import functional as F
 
 from geodemo.encoders.efficientnet import EMBEDDING_DIM, build_model, load_backbone, pool_grid, save_backbone
 from geodemo.grids import fibonacci_grid
-from geodemo.sphere import latlon_to_xyz
+from geodemo.sphere import EARTH_RADIUS_KM, angle_between, latlon_to_xyz
 from training.earth_views import (Augmentation, Mosaic, ViewSampling, augment, ocean_colour, random_view_params,
                                   render_land, render_views)
 from training.earth_views_mosaics import load_land_mask, load_mosaic, read_manifest
 from training.loader import seeded_generator
 
 LOG = logging.getLogger("earth_encoder")
-EARTH_RADIUS_KM = 6371.0
 RESUMABLE = ("steps", "seconds")
 """Recipe fields a resumed run may change (how long it goes on); any other change is refused."""
 
@@ -70,8 +69,8 @@ def cell_centres(count: int) -> torch.Tensor:
 
 
 def soft_targets(xyz: torch.Tensor, centres: torch.Tensor, tau_km: float) -> torch.Tensor:
-    """(B, K) haversine-smoothed labels: q_k = softmax_k(-R acos(x . c_k) / tau)."""
-    distance = EARTH_RADIUS_KM * torch.acos((xyz @ centres.T).clamp(-1.0, 1.0))
+    """(B, K) haversine-smoothed labels: q_k = softmax_k(-R angle(x, c_k) / tau)."""
+    distance = EARTH_RADIUS_KM * angle_between(xyz.unsqueeze(1), centres.unsqueeze(0))
     return torch.softmax(-distance / tau_km, dim=-1)
 
 
@@ -187,7 +186,7 @@ def train_encoder(mosaics_dir: str | Path, out: str | Path, recipe: EncoderRecip
         if step % log_every == 0:
             with torch.no_grad():
                 predicted = centres[logits.argmax(-1)]
-                median_km = float(EARTH_RADIUS_KM * torch.acos((predicted * xyz).sum(-1).clamp(-1, 1)).median())
+                median_km = float(EARTH_RADIUS_KM * angle_between(predicted, xyz).median())
             rate = step / max(elapsed, 1e-9)
             writer.writerow([step, round(elapsed, 1), round(loss.item(), 4), round(median_km, 1), round(rate, 2)])
             log.flush()
@@ -196,8 +195,8 @@ def train_encoder(mosaics_dir: str | Path, out: str | Path, recipe: EncoderRecip
     elapsed = elapsed_before + time.perf_counter() - started
     log.close()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "elapsed": elapsed,
-                "generator": stream.generator.get_state(), "recipe": recipe.__dict__, "exclude": list(exclude_families)},
-               checkpoint)
+                "generator": stream.generator.get_state(), "recipe": recipe.__dict__,
+                "exclude": list(exclude_families)}, checkpoint)
     LOG.info("done: %d steps, %d views, %.0f s", step, step * recipe.batch_size, elapsed)
     return save_backbone(model.backbone, out / "model.safetensors", recipe.size, recipe.grid)
 

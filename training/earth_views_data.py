@@ -47,7 +47,7 @@ from training.shards import SAMPLES_PER_SHARD, shard_name, update_sizes, write_s
 LOG = logging.getLogger("earth_views_data")
 ENCODER = "efficientnet_lite0"
 FEATURES = {"efficientnet_lite0": (ENCODER, 1), "efficientnet_lite0_grid2": (ENCODER, 2),
-            "earth_lite0_grid2": ("earth_lite0_grid2", 2)}
+            EARTH_NAME: (EARTH_NAME, 2)}
 """Embedding key (= registered encoder name) -> (the network whose feature map it pools, cells per side): keys of
 one network come from one pass. earth_lite0_grid2 is the fine-tuned network (training/earth_encoder.py)."""
 VIEW_SIZE = 224
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     shards.add_argument("--per-mosaic", action="store_true", help="--num-views for each mosaic instead")
     shards.add_argument("--keys", default=ENCODER, help=f"comma-separated embedding keys among {sorted(FEATURES)}")
     shards.add_argument("--encoder-weights", default=None,
-                        help="earth_lite0_grid2 from this file (training.earth_encoder's output) instead of the shipped one")
+                        help="earth_lite0_grid2 from this file (training.earth_encoder's output), not the shipped one")
     shards.add_argument("--size", type=int, default=VIEW_SIZE, help="view size in pixels (embedded at 224)")
     shards.add_argument("--shard-size", type=int, default=SAMPLES_PER_SHARD)
     shards.add_argument("--batch-size", type=int, default=512)
