@@ -16,7 +16,8 @@ from training.earth_views import render_example
 
 CAT = Path(__file__).parent / "data" / "chelsea.jpg"
 PROCESSES = {"earth-rfm": "rfm_s2", "earth-flow": "flow_r3", "earth-diffusion": "diffusion_r3"}
-ENCODER_DIMS = {"efficientnet_lite0": 1280, "efficientnet_lite0_grid2": 5120}  # pooled 1 x 1 or 2 x 2
+ENCODER_DIMS = {"efficientnet_lite0": 1280, "efficientnet_lite0_grid2": 5120,  # pooled 1 x 1 or 2 x 2
+                "earth_lite0_grid2": 5120}  # fine-tuned on Earth views (training/earth_encoder.py), 2 x 2
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_names_resolve_to_shipped_folders():
     assert shipped_folder("no-such-model") is None
     entry = lookup("default")
     assert (entry.kind, entry.folder, entry.process(), entry.encoder()) == (
-        "shipped", ASSETS_DIR / "earth-rfm", "rfm_s2", "efficientnet_lite0_grid2")
+        "shipped", ASSETS_DIR / "earth-rfm", "rfm_s2", "earth_lite0_grid2")
     with pytest.raises(CheckpointError, match="not a model"):
         geodemo.load("no-such-model")
     with pytest.raises(CheckpointError, match="no such folder"):
