@@ -21,11 +21,10 @@ order and every result is cached under data/calibration/ (keyed by the model's w
 resumes and a report uses the views measured so far, a random subset of the set. `report --record default` writes
 the fitted temperature into the model's config.json (geodemo.calibration), where the app reads it.
 
-How it was run (December 2026): the 540 fit, 540 test and 180 narrow views (widths 500-1000 km, VIEW_SAMPLING) were
-rendered and embedded on the CPU, carried as float16 embeddings to one NVIDIA H200, where `measure --device cuda
---batch 32` took the log p of 1024 own samples, the truth and 256 uniform points per view for the three shipped
-models (all sets; default also at w = 2 for 512 test views): two runs, 367 s + 483 s of commands, about 16 min of
-device time with the machine starts; then `report --record default,earth-flow,earth-diffusion` here.
+How it was run (2026-12-07, the retrained models): on one NVIDIA H100, in the GPU call that evaluated them, the
+views rendered and embedded there and `measure --device cuda --batch 32` for default (fit, test, test at w = 2)
+and earth-flow (fit, 480 test views before the call's time ran out), 40-76 s per set; earth-diffusion was not
+measured. Then `report --models default,earth-flow --record default,earth-flow` here.
 
     python -m training.calibration measure --model default --views fit --budget-s 500
     python -m training.calibration measure --model default --views test --budget-s 500
