@@ -13,6 +13,7 @@ from app_fixtures import launch_app
 from classroom import parse_numbers
 from geodemo.examples import example_views
 from geodemo.images import load_image
+from geodemo.likelihood import RELEVANT_NATS
 from geodemo.registry import shipped_models
 
 MODELS = ("default", "earth-flow", "earth-diffusion")
@@ -98,7 +99,12 @@ def test_probability_path_ends_at_log_density_and_starts_at_the_uniform_base(cli
     pipe = geodemo.load("default", device="cpu")
     embedding = pipe.embed(load_image(view.path).image)
     direct = pipe.log_density(end["centres"], embeddings=embedding, **data["ode_options"])[0]
-    assert float((torch.tensor(end["log_density"]) - direct).abs().max()) < 1e-3
+    shown = torch.tensor(end["log_density"], dtype=direct.dtype)
+    # The map preset's claim: within RELEVANT_NATS of the maximum every point is solved alike; farther points may
+    # be only screened in one solve and solved in the other (the map's levels each know their own maximum).
+    near = direct >= direct.max() - RELEVANT_NATS
+    assert near.sum() >= 3 and float((shown - direct)[near].abs().max()) < 1e-3
+    assert (shown[~near] < direct.max() - RELEVANT_NATS).all()
     assert max(end["log_density"]) - min(end["log_density"]) > 3  # the data end is far from uniform (its peak may
     # be narrower than the test's coarse cells, whose centres then all lie below the uniform -log 4 pi)
     field = torch.tensor(times[2]["field_vectors"])
