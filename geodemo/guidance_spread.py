@@ -81,18 +81,19 @@ def guidance_hint(model: str, table: dict | None = None) -> str:
 
 def reading(rows: list[dict]) -> str:
     """One clause on what the measured rows show: where the samples collapse onto (about) one point, and where
-    they spread again (the largest spread over the views grows past 3x its smallest at a lower w)."""
+    they spread again (the largest or the median spread over the views grows past 3x, and past 10 km, its
+    smallest at a lower w)."""
     parts = []
     collapsed = [r["guidance"] for r in rows if r["guidance"] > 0 and max(r["distinct"]) <= 2]
     if collapsed:
         parts.append(f"from w = {collapsed[0]:g} all samples fall on one point")
-    tightest = float("inf")
+    tightest = np.full(2, np.inf)
     for row in rows:
-        widest = max(row["spread_km"])
-        if row["guidance"] > 0 and widest > 3 * tightest and widest > 10:
+        spread = np.array([max(row["spread_km"]), np.median(row["spread_km"])])
+        if row["guidance"] > 0 and ((spread > 3 * tightest) & (spread > 10)).any():
             parts.append(f"at w = {row['guidance']:g} they spread again")
             break
-        tightest = min(tightest, widest)
+        tightest = np.minimum(tightest, spread)
     return "; ".join(parts) or "larger w draws the samples closer together"
 
 

@@ -32,6 +32,9 @@ def test_the_reading_says_where_samples_collapse_and_where_they_spread_again():
             {"guidance": 8, "distinct": [1, 128], "spread_km": [0, 600]}]
     assert reading(rows) == "from w = 2 all samples fall on one point; at w = 8 they spread again"
     assert reading(rows[:2]) == "larger w draws the samples closer together"
+    typical = [{"guidance": 1, "distinct": [128] * 3, "spread_km": [4, 6, 50]},  # the largest shrinks, the median grows
+               {"guidance": 8, "distinct": [128] * 3, "spread_km": [15, 20, 40]}]
+    assert reading(typical) == "at w = 8 they spread again"
 
 
 def test_the_hint_is_built_from_the_table_and_says_when_it_has_none():
