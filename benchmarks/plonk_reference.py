@@ -24,8 +24,9 @@ from geodemo.network import GeoDenoiser, NetworkConfig
 from geodemo.schedules import SigmoidSchedule, schedule_to_config
 
 SIZES = {"yfcc": NetworkConfig(dim=512, depth=12), "inat": NetworkConfig(dim=256, depth=12),
-         "embedded": NetworkConfig(dim=256, depth=8, cond_dim=1280)}
-"""dim 512 / depth 12 (PLONK YFCC and OSV-5M), dim 256 / depth 12 (iNaturalist), the shipped embedded model."""
+         "embedded": NetworkConfig(dim=128, depth=4, cond_dim=5120)}
+"""dim 512 / depth 12 (PLONK YFCC and OSV-5M), dim 256 / depth 12 (iNaturalist), the shipped embedded models (dim 128 /
+depth 4 on the 5120-d Earth encoder since 2026-12-07)."""
 
 
 def random_hub_folder(folder: Path, config: NetworkConfig, seed: int = 0) -> Path:
