@@ -10,16 +10,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torchdiffeq import odeint
 
 from geodemo.acceleration import compile_allowed
-from geodemo.guidance import guidance_batch, guided_output, guided_prediction, repeat_for_guidance
-from geodemo.network import GeoDenoiser, Precision
+from geodemo.guidance import guided_output, guided_prediction, repeat_for_guidance
+from geodemo.network import GeoDenoiser, Modulations, Precision
 from geodemo.processes import AmbientProcess, Process
+from geodemo.sampling import step_modulations
 from geodemo.schedules import Schedule
 from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
 
@@ -147,36 +148,54 @@ def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, me
            steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Integrate [y, int div] from t_start to t_end; returns (y(t_end), int div dt)."""
 
-    def augmented(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        dy, div = field.with_divergence(t, state[..., :3])
+    def augmented(terms: FieldTerms, state: torch.Tensor) -> torch.Tensor:
+        dy, div = field.with_divergence(terms, state[..., :3])
         return torch.cat((dy, div.unsqueeze(-1)), dim=-1)
 
     state0 = torch.cat((y0, torch.zeros_like(y0[..., :1])), dim=-1)
     if method in RUNGE_KUTTA:
-        state1 = fixed_steps(augmented, state0, t_start, t_end, steps or 64, method)
+        state1 = fixed_steps(augmented, state0, t_start, t_end, steps or 64, method, field.terms)
     else:
         times = torch.tensor([t_start, t_end], dtype=y0.dtype, device=y0.device)
-        state1 = odeint(augmented, state0, times, method=method, atol=atol, rtol=rtol,
-                        options={"norm": per_point_error_norm})[-1]
+        state1 = odeint(lambda t, state: augmented(field.terms(t.view(1))[0], state), state0, times, method=method,
+                        atol=atol, rtol=rtol, options={"norm": per_point_error_norm})[-1]
     return state1[..., :3], state1[..., 3]
 
 
-def fixed_steps(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], state: torch.Tensor, t_start: float,
-                t_end: float, steps: int, method: str = "rk4") -> torch.Tensor:
+def fixed_steps(fun: Callable[[Any, torch.Tensor], torch.Tensor], state: torch.Tensor, t_start: float, t_end: float,
+                steps: int, method: str = "rk4", prepare: Callable[[torch.Tensor], Sequence] | None = None
+                ) -> torch.Tensor:
     """`steps` equal steps of an explicit Runge-Kutta method (RUNGE_KUTTA) for d state/dt = fun(t, state):
-    k_i = fun(t + c_i h, state + h sum_j a_ij k_j), state += h sum_i b_i k_i."""
+    k_i = fun(t + c_i h, state + h sum_j a_ij k_j), state += h sum_i b_i k_i.
+
+    The stage times t + c_i h are known in advance: prepare maps all of them, (steps * stages,) in order, to what
+    fun takes as its time in one call (ODEField.terms: the network's time conditioning of every stage at once);
+    without it fun takes the 0-d times."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     a, b = RUNGE_KUTTA[method]
     h = (t_end - t_start) / steps
-    for n in range(steps):
-        t = t_start + n * h
-        ks = [fun(torch.tensor(t, dtype=state.dtype, device=state.device), state)]
+    nodes = (0.0, *(sum(row) for row in a))
+    times = torch.tensor([t + c * h for t in (t_start + n * h for n in range(steps)) for c in nodes],
+                         dtype=state.dtype, device=state.device)
+    stage_times = iter(prepare(times) if prepare else times.unbind())
+    for _ in range(steps):
+        ks = [fun(next(stage_times), state)]
         for row in a:
             stage = state + h * sum(coef * k for coef, k in zip(row, ks) if coef)
-            ks.append(fun(torch.tensor(t + sum(row) * h, dtype=state.dtype, device=state.device), stage))
+            ks.append(fun(next(stage_times), stage))
         state = state + h * sum(coef * k for coef, k in zip(b, ks) if coef)
     return state
+
+
+class FieldTerms(NamedTuple):
+    """What dy/dt takes at one time t besides the points: gamma(t), gamma'(t) and, for a GeoDenoiser, the adaLN
+    modulations of (gamma(t), guidance_batch(emb)), (rows, 1, dim) tensors."""
+
+    t: torch.Tensor
+    gamma: torch.Tensor
+    dgamma: torch.Tensor
+    mods: Modulations | None
 
 
 class ODEField:
@@ -185,7 +204,8 @@ class ODEField:
     Calling it gives dy/dt; `with_divergence` also gives its exact divergence. For a GeoDenoiser that is one
     hand-written forward-mode pass carrying the tangent directions beside the activations (3 in R^3; 2 on the
     sphere, where the field depends on y/|y| only, so the radial direction adds 0 to the trace), with the
-    conditioning computed once per image; any other network goes through field_and_divergence.
+    conditioning computed once per image and time (`terms`: a fixed-step solve's stage times all at once); any other
+    network goes through field_and_divergence.
     precision="bf16x3" runs the blocks' matmuls as three bfloat16 products (geodemo.network.hidden_product);
     compile=True hands that pass to torch.compile (fused elementwise work; one compilation per input shape).
     Relies on process.velocity(y, pred, gamma) being linear in (y, pred), true of all three processes.
@@ -208,11 +228,24 @@ class ODEField:
         v = self.process.velocity(point, pred, gamma)
         return dgamma * (project_tangent(point, v) if self.on_sphere else v)
 
-    def with_divergence(self, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dy/dt (B, M, 3), div_y dy/dt (B, M)) at y (B, M, 3)."""
+    def terms(self, times: torch.Tensor) -> list[FieldTerms]:
+        """FieldTerms at each of the 0-d times in times (K,), the modulations of all K in batched matmuls
+        (geodemo.sampling.step_modulations)."""
+        gamma, dgamma = self.schedule.gamma(times), self.schedule.dgamma(times)
+        if isinstance(self.network, GeoDenoiser):
+            chunks = step_modulations(self.network, gamma, self.emb, self.guidance)
+            mods = [mods for chunk in chunks for mods in chunk.unbind()]
+        else:
+            mods = [None] * len(times)
+        return [FieldTerms(*at) for at in zip(times.unbind(), gamma.unbind(), dgamma.unbind(), mods)]
+
+    def with_divergence(self, terms: FieldTerms, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dy/dt (B, M, 3), div_y dy/dt (B, M)) at y (B, M, 3) and the time of `terms` (ODEField.terms).
+
+        On the sphere, with p = y/|y|, tangent basis u_i and G the network's field at p:
+        div [G - (p.G) p] = sum_i u_i . dG/du_i - 2 (p.G) / |y| (u_i . p = 0, u_i . dp/du_i = 1/|y|)."""
         if not isinstance(self.network, GeoDenoiser):
-            return field_and_divergence(lambda pts: self(t, pts), y)
-        gamma, dgamma = self.schedule.gamma(t), self.schedule.dgamma(t)
+            return field_and_divergence(lambda pts: self(terms.t, pts), y)
         if self.on_sphere:
             norm = y.norm(dim=-1, keepdim=True)
             point = y / norm
@@ -222,21 +255,19 @@ class ODEField:
             point = y
             directions = torch.eye(3, dtype=y.dtype, device=y.device).view(3, 1, 1, 3).expand(3, *y.shape)
             tangents = directions
-        pred, dpred = self._guided_jvp(point, tangents, gamma)
-        v = self.process.velocity(point, pred, gamma)
-        dv = self.process.velocity(tangents, dpred, gamma)
-        if self.on_sphere:  # d[v - (p.v) p] = dv - (dp.v + p.dv) p - (p.v) dp
+        pred, dpred = self._guided_jvp(point, tangents, terms.mods)
+        v = self.process.velocity(point, pred, terms.gamma)
+        div = (directions * self.process.velocity(tangents, dpred, terms.gamma)).sum(-1).sum(0)
+        if self.on_sphere:
             pv = (point * v).sum(-1, keepdim=True)
-            dpv = (tangents * v).sum(-1, keepdim=True) + (point * dv).sum(-1, keepdim=True)
-            v, dv = v - pv * point, dv - dpv * point - pv * tangents
-        return dgamma * v, dgamma * (directions * dv).sum(-1).sum(0)
+            v = v - pv * point
+            div = div - 2 * (pv / norm).squeeze(-1)
+        return terms.dgamma * v, terms.dgamma * div
 
-    def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, gamma: torch.Tensor
+    def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, mods: Modulations
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided network output at point (B, M, 3) and its derivatives along tangents (T, B, M, 3)."""
         w = self.guidance
-        conds = guidance_batch(self.emb, w)
-        mods = self.network.modulations(gamma.expand(conds.shape[0]), conds)
         out, dout = self._jvp(repeat_for_guidance(point, w), repeat_for_guidance(tangents, w, dim=1), mods)
         return guided_output(out, w), guided_output(dout, w, dim=1)
 

@@ -75,6 +75,12 @@ class Modulations(NamedTuple):
         """The same modulations with fn applied to every tensor (indexing, reshaping, casting)."""
         return Modulations(tuple(tuple(fn(m) for m in block) for block in self.blocks), tuple(fn(m) for m in self.final))
 
+    def unbind(self) -> list["Modulations"]:
+        """The K modulations stacked along dim 0 of every tensor, (K, ...), as K Modulations of views."""
+        blocks = [tuple(zip(*(m.unbind() for m in block))) for block in self.blocks]
+        finals = list(zip(*(m.unbind() for m in self.final)))
+        return [Modulations(tuple(block[k] for block in blocks), final) for k, final in enumerate(finals)]
+
 
 Precision = Literal["native", "bf16x3", "bf16"]
 """How the blocks' matmuls run: in the weights' own dtype, as three bfloat16 products (bf16x3_weight; float32
@@ -118,9 +124,7 @@ def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision,
 def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine-free LayerNorm xh = (x - mean) / sqrt(var + eps) and its tangents
     d xh = (dc - xh mean(xh dc)) / sqrt(var + eps), dc = dx - mean(dx); x (..., D), dx (T, ..., D)."""
-    centred = x - x.mean(-1, keepdim=True)
-    inv_std = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps)
-    xh = centred * inv_std
+    xh, _, inv_std = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)
     dc = dx - dx.mean(-1, keepdim=True)
     return xh, (dc - xh * (xh * dc).mean(-1, keepdim=True)) * inv_std
 
