@@ -5,9 +5,8 @@
 Writes random embedding shards (8 per network, so that every rank holds whole shards), then runs the real
 command's engine, `torchrun --nproc_per_node=G -m geodemo.batch_predict` (= `geodemo predict-shards`), for
 two networks: the shipped embedded model (`default`: dim 128, depth 4 since 2026-12-07; dim 256, depth 8 in
-the measured table) and an official-shape one (dim 512,
-depth 12, cond 1024, random weights, Riemannian flow), each without and with log-densities (`--scored 16` by
-fixed-step RK4, `--ode-steps 8`).
+the measured table) and an official-shape one (dim 512, depth 12, cond 1024, random weights, Riemannian flow),
+each without and with log-densities (`--scored 16` by fixed-step RK4, `--ode-steps 8`).
 The rate is manifest.json's: all images over the slowest rank's time in its shard loop (reading shards,
 sampling, log-densities, writing CSVs; not the start of the processes or the loading of the model).
 FLOP floor: the network's matmul FLOPs per image at the card's FP32 peak (torch's default, no TF32).
@@ -62,7 +61,8 @@ def make_models(folder: Path) -> dict[str, tuple[str, NetworkConfig, int]]:
     path = save_checkpoint(folder / "official", GeoDenoiser(official), "rfm_s2",
                            {"kind": "linear"}, encoder=None)
     embedded = load("default", device="cpu").network.config
-    return {f"embedded ({embedded.dim} x {embedded.depth})": ("default", embedded, 1536), "official shape (512 x 12)": (str(path), official, 384)}
+    return {f"embedded ({embedded.dim} x {embedded.depth})": ("default", embedded, 1536),
+            "official shape (512 x 12)": (str(path), official, 384)}
 
 
 def run(model: str, shards: Path, output: Path, gpus: int, scored: int, batch: int) -> dict:

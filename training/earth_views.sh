@@ -71,6 +71,8 @@ shards() {
         --keys "$4" "${weights[@]}" "${@:6}"
 }
 frozen() { [[ "$FEATURE" == efficientnet_lite0* ]]; }
+FEATURE_WEIGHTS=-                        # the final encoder's file, "-" for the frozen features
+frozen || FEATURE_WEIGHTS=$ENCODER_RUN/model.safetensors
 
 [ -f "$MOSAICS/mosaics.json" ] || $PYTHON -m training.earth_views_mosaics --out "$MOSAICS"
 
@@ -125,9 +127,7 @@ fi
 
 if stage data; then
     echo "$(date +%T) data"
-    weights=-
-    frozen || weights=$ENCODER_RUN/model.safetensors
-    shards "$DATA/train" 0 "$TRAIN_VIEWS" "$FEATURE" "$weights" --batch-size 1024
+    shards "$DATA/train" 0 "$TRAIN_VIEWS" "$FEATURE" "$FEATURE_WEIGHTS" --batch-size 1024
 fi
 
 if stage final; then
@@ -142,9 +142,7 @@ fi
 
 if stage evaluate; then
     echo "$(date +%T) evaluate"
-    weights=-
-    frozen || weights=$ENCODER_RUN/model.safetensors
-    shards "$DATA/heldout" 1 "$HELDOUT_VIEWS" "$FEATURE" "$weights" --per-mosaic --no-augment --size 256 \
+    shards "$DATA/heldout" 1 "$HELDOUT_VIEWS" "$FEATURE" "$FEATURE_WEIGHTS" --per-mosaic --no-augment --size 256 \
         --shard-size 1000 --batch-size 250
     heldout=$(folders --root "$DATA/heldout" --key "{key}")
     # The RFM model: the full table (100 views per row for NLL / localizability, 16 samples each) and the
