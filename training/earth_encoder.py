@@ -13,8 +13,8 @@ up, then follows a cosine over the run's progress p = max(step / steps, elapsed 
 wall time still ends annealed. The output is `<out>/model.safetensors`, the backbone in the format
 `EfficientNetLite0Encoder(weights=...)` reads; `<out>/last.pt` lets the same command resume.
 
-    python -m training.earth_encoder --mosaics-dir data/mosaics --out runs/earth-encoder --seconds 200
-    python -m training.earth_encoder --exclude-family etopo1 --out runs/folds/etopo1/encoder --seconds 200
+    python -m training.earth_encoder --mosaics-dir data/mosaics --out runs/earth-encoder --steps 800
+    python -m training.earth_encoder --exclude-family etopo1 --out runs/folds/etopo1/encoder --steps 800
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class EncoderRecipe:
     lr: float = 1e-3
     backbone_lr_scale: float = 0.5
     weight_decay: float = 0.05
-    warmup_steps: int = 200
-    steps: int = 20000
-    seconds: float = 200.0
+    warmup_steps: int = 50
+    steps: int = 800
+    seconds: float = 300.0
     seed: int = 0
 
 

@@ -16,7 +16,8 @@
 #   STAGES="folds fold-eval" bash training/earth_views.sh                 # the leave-one-mosaic-out table
 #   STAGES="encoder data final evaluate" bash training/earth_views.sh    # the shipped models
 #
-# ENCODER_SECONDS caps each encoder fine-tuning (its cosine schedule ends at the cap), TRAIN_SECONDS each denoiser
+# ENCODER_SECONDS caps each encoder fine-tuning in wall time (default: no cap, the recipe's 800 steps; a capped run's
+# cosine schedule ends at the cap), TRAIN_SECONDS each denoiser
 # training: a run still going then is stopped and its last checkpoint (every 1000 steps) is exported instead.
 # Every step is resumable: finished shards are skipped, training.train resumes from <run>/last.pt and
 # training.earth_encoder from <encoder>/last.pt.
@@ -34,7 +35,7 @@ FOLD_STEPS=${FOLD_STEPS:-3000}
 FINAL_STEPS=${FINAL_STEPS:-6000}
 FEATURE=${FEATURE:-earth_lite0_grid2}    # the final models' embedding key
 STAGES=${STAGES:-folds fold-eval encoder data final evaluate}
-ENCODER_SECONDS=${ENCODER_SECONDS:-200}
+ENCODER_SECONDS=${ENCODER_SECONDS:-100000}
 ENCODER_ARGS=${ENCODER_ARGS:-}
 TRAIN_SECONDS=${TRAIN_SECONDS:-100000}
 PYTHON=${PYTHON:-python}
