@@ -13,8 +13,8 @@ up, then follows a cosine over the run's progress p = max(step / steps, elapsed 
 wall time still ends annealed. The output is `<out>/model.safetensors`, the backbone in the format
 `EfficientNetLite0Encoder(weights=...)` reads; `<out>/last.pt` lets the same command resume.
 
-    python -m training.earth_encoder --mosaics-dir data/mosaics --out runs/earth-encoder --steps 800
-    python -m training.earth_encoder --exclude-family etopo1 --out runs/folds/etopo1/encoder --steps 800
+    python -m training.earth_encoder --mosaics-dir data/mosaics --out runs/earth-encoder --steps 600
+    python -m training.earth_encoder --exclude-family etopo1 --out runs/folds/etopo1/encoder --steps 600
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class EncoderRecipe:
     backbone_lr_scale: float = 0.5
     weight_decay: float = 0.05
     warmup_steps: int = 50
-    steps: int = 800
+    steps: int = 600
     seconds: float = 300.0
     seed: int = 0
 

@@ -16,7 +16,7 @@
 #   STAGES="folds fold-eval" bash training/earth_views.sh                 # the leave-one-mosaic-out table
 #   STAGES="encoder data final evaluate" bash training/earth_views.sh    # the shipped models
 #
-# ENCODER_SECONDS caps each encoder fine-tuning in wall time (default: no cap, the recipe's 800 steps; a capped run's
+# ENCODER_SECONDS caps each encoder fine-tuning in wall time (default: no cap, the recipe's 600 steps; a capped run's
 # cosine schedule ends at the cap), TRAIN_SECONDS each denoiser
 # training: a run still going then is stopped and its last checkpoint (every 1000 steps) is exported instead.
 # Every step is resumable: finished shards are skipped, training.train resumes from <run>/last.pt and
