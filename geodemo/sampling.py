@@ -6,13 +6,14 @@ import itertools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Iterator, Literal
 
 import torch
 
 from geodemo.acceleration import graphs_allowed
-from geodemo.guidance import guidance_batch, guided_output, repeat_for_guidance
+from geodemo.guidance import guidance_batch
 from geodemo.network import GeoDenoiser, Modulations, Precision
+from geodemo.point_pass import GuidedPointPass
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
 from geodemo.sphere import project
@@ -21,7 +22,8 @@ SamplePrecision = Literal["auto", "float32", "bf16x3", "bf16"]
 """The per-point matmuls of the sampler: "float32" (the network's own arithmetic, exact), "bf16x3" (three bfloat16
 products: float32 accuracy, on tensor cores), "bf16" (one bfloat16 product: samples move by kilometres), "auto"
 (the default: bf16x3 on CUDA, float32 elsewhere, where bfloat16 products are not faster). The state, the
-LayerNorms and the activations stay float32 in every case."""
+LayerNorms, the activations and the first block's input product (folded through the 3-d input layer:
+geodemo.point_pass) stay float32 in every case."""
 
 
 @dataclass
@@ -79,25 +81,13 @@ def step_modulations(network: GeoDenoiser, gammas: torch.Tensor, emb: torch.Tens
         yield flat.map(lambda m: m.reshape(len(part), rows, *m.shape[1:]))
 
 
-def modulated_prediction(network: GeoDenoiser, mods: Modulations, weights, precision: Precision, guidance: float
-                         ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The guided prediction y -> (1 + w) f(y, g, c) - w f(y, g, 0) of (B, N, 3) points for one step's
-    modulations (B, 1, dim), (2B, 1, dim) with guidance: guidance.guided_prediction with the conditioning
-    precomputed and shared by the N points. weights / precision: GeoDenoiser.hidden_weights(precision)."""
-    def predict(y: torch.Tensor) -> torch.Tensor:
-        return guided_output(network.forward_modulated(repeat_for_guidance(y, guidance), mods, weights, precision),
-                             guidance)
-
-    return predict
-
-
 def run_steps(network: GeoDenoiser, process: Process, gammas: torch.Tensor, mods: Modulations, weights,
               precision: Precision, guidance: float, y: torch.Tensor, states: list | None) -> torch.Tensor:
     """len(gammas) - 1 sampler steps from gamma_0 to gamma_K given their modulations stacked (K, rows, 1, dim);
     appends every new state to `states` when it is a list."""
+    predict = GuidedPointPass(network, mods, weights, precision, guidance)
     for k in range(len(gammas) - 1):
-        predict = modulated_prediction(network, mods.map(lambda m: m[k]), weights, precision, guidance)
-        y = process.step(y, predict(y), gammas[k], gammas[k + 1])
+        y = process.step(y, predict(k, y), gammas[k], gammas[k + 1])
         if states is not None:
             states.append(y)
     return y
