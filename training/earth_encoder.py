@@ -159,7 +159,7 @@ def train_encoder(mosaics_dir: str | Path, out: str | Path, recipe: EncoderRecip
             raise ValueError(f"{checkpoint} was written with other settings: {state['recipe']}, {state['exclude']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        stream.generator.set_state(state["generator"])
+        stream.generator.set_state(state["generator"].cpu())
         step, elapsed_before = state["step"], state["elapsed"]
         LOG.info("resumed at step %d (%.0f s done)", step, elapsed_before)
     started = time.perf_counter()
