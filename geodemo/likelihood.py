@@ -23,6 +23,7 @@ from geodemo.processes import AmbientProcess, Process
 from geodemo.sampling import step_modulations
 from geodemo.schedules import Schedule
 from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
+from geodemo.tangent_pass import TangentPointPass
 
 DensityGeometry = Literal["riemannian", "ambient"]
 """How the RFM density is taken: on S^2 (the field projected on the tangent plane) or in R^3 (the authors' way)."""
@@ -190,12 +191,14 @@ def fixed_steps(fun: Callable[[Any, torch.Tensor], torch.Tensor], state: torch.T
 
 class FieldTerms(NamedTuple):
     """What dy/dt takes at one time t besides the points: gamma(t), gamma'(t) and, for a GeoDenoiser, the adaLN
-    modulations of (gamma(t), guidance_batch(emb)), (rows, 1, dim) tensors."""
+    modulations of (gamma(t), guidance_batch(emb)), (rows, 1, dim) tensors, and for its TangentPointPass the
+    folded first block [A; e] (rows, 5, hidden)."""
 
     t: torch.Tensor
     gamma: torch.Tensor
     dgamma: torch.Tensor
     mods: Modulations | None
+    first: torch.Tensor | None
 
 
 class ODEField:
@@ -204,10 +207,11 @@ class ODEField:
     Calling it gives dy/dt; `with_divergence` also gives its exact divergence. For a GeoDenoiser that is one
     hand-written forward-mode pass carrying the tangent directions beside the activations (3 in R^3; 2 on the
     sphere, where the field depends on y/|y| only, so the radial direction adds 0 to the trace), with the
-    conditioning computed once per image and time (`terms`: a fixed-step solve's stage times all at once); any other
-    network goes through field_and_divergence.
+    conditioning computed once per image and time (`terms`: a fixed-step solve's stage times all at once): on a CPU
+    in the network's dtype geodemo.tangent_pass's (first block folded through the input layer, primal and tangents
+    stacked), else GeoDenoiser.jvp_modulated; any other network goes through field_and_divergence.
     precision="bf16x3" runs the blocks' matmuls as three bfloat16 products (geodemo.network.hidden_product);
-    compile=True hands that pass to torch.compile (fused elementwise work; one compilation per input shape).
+    compile=True hands jvp_modulated to torch.compile (fused elementwise work; one compilation per input shape).
     Relies on process.velocity(y, pred, gamma) being linear in (y, pred), true of all three processes.
     """
 
@@ -215,11 +219,15 @@ class ODEField:
                  guidance: float, on_sphere: bool, precision: Precision = "native", compile: bool = False):
         self.network, self.process, self.schedule = network, process, schedule
         self.emb, self.guidance, self.on_sphere = emb, guidance, on_sphere
-        if isinstance(network, GeoDenoiser):
+        self.tangent_pass: TangentPointPass | None = None
+        if not isinstance(network, GeoDenoiser):
+            if precision != "native" or compile:
+                raise ValueError("precision and compile apply to a GeoDenoiser only")
+        elif precision == "native" and not compile and network.initial_mapper.weight.device.type == "cpu":
+            self.tangent_pass = TangentPointPass(network)
+        else:
             jvp = compiled_jvp() if compile else GeoDenoiser.jvp_modulated
             self._jvp = functools.partial(jvp, network, weights=network.hidden_weights(precision), precision=precision)
-        elif precision != "native" or compile:
-            raise ValueError("precision and compile apply to a GeoDenoiser only")
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         gamma, dgamma = self.schedule.gamma(t), self.schedule.dgamma(t)
@@ -230,14 +238,15 @@ class ODEField:
 
     def terms(self, times: torch.Tensor) -> list[FieldTerms]:
         """FieldTerms at each of the 0-d times in times (K,), the modulations of all K in batched matmuls
-        (geodemo.sampling.step_modulations)."""
+        (geodemo.sampling.step_modulations), and so the tangent pass's folded first blocks."""
         gamma, dgamma = self.schedule.gamma(times), self.schedule.dgamma(times)
+        mods, first = [None] * len(times), [None] * len(times)
         if isinstance(self.network, GeoDenoiser):
-            chunks = step_modulations(self.network, gamma, self.emb, self.guidance)
+            chunks = list(step_modulations(self.network, gamma, self.emb, self.guidance))
             mods = [mods for chunk in chunks for mods in chunk.unbind()]
-        else:
-            mods = [None] * len(times)
-        return [FieldTerms(*at) for at in zip(times.unbind(), gamma.unbind(), dgamma.unbind(), mods)]
+            if self.tangent_pass:
+                first = [terms for chunk in chunks for terms in self.tangent_pass.first_terms(chunk).unbind()]
+        return [FieldTerms(*at) for at in zip(times.unbind(), gamma.unbind(), dgamma.unbind(), mods, first)]
 
     def with_divergence(self, terms: FieldTerms, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dy/dt (B, M, 3), div_y dy/dt (B, M)) at y (B, M, 3) and the time of `terms` (ODEField.terms).
@@ -255,7 +264,7 @@ class ODEField:
             point = y
             directions = torch.eye(3, dtype=y.dtype, device=y.device).view(3, 1, 1, 3).expand(3, *y.shape)
             tangents = directions
-        pred, dpred = self._guided_jvp(point, tangents, terms.mods)
+        pred, dpred = self._guided_jvp(point, tangents, terms)
         v = self.process.velocity(point, pred, terms.gamma)
         div = (directions * self.process.velocity(tangents, dpred, terms.gamma)).sum(-1).sum(0)
         if self.on_sphere:
@@ -264,11 +273,12 @@ class ODEField:
             div = div - 2 * (pv / norm).squeeze(-1)
         return terms.dgamma * v, terms.dgamma * div
 
-    def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, mods: Modulations
+    def _guided_jvp(self, point: torch.Tensor, tangents: torch.Tensor, terms: FieldTerms
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Guided network output at point (B, M, 3) and its derivatives along tangents (T, B, M, 3)."""
         w = self.guidance
-        out, dout = self._jvp(repeat_for_guidance(point, w), repeat_for_guidance(tangents, w, dim=1), mods)
+        inputs = (repeat_for_guidance(point, w), repeat_for_guidance(tangents, w, dim=1), terms.mods)
+        out, dout = self.tangent_pass(*inputs, terms.first) if self.tangent_pass else self._jvp(*inputs)
         return guided_output(out, w), guided_output(dout, w, dim=1)
 
 

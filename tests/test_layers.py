@@ -20,9 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "geodemo"
 
 CORE = {"geodemo.sphere", "geodemo.grids", "geodemo.schedules", "geodemo.network", "geodemo.processes",
-        "geodemo.sampling", "geodemo.point_pass", "geodemo.guidance", "geodemo.likelihood", "geodemo.losses",
-        "geodemo.metrics", "geodemo.checkpoint", "geodemo.pipeline", "geodemo.encoders", "geodemo.adaptive_density",
-        "geodemo.regions", "geodemo.paths", "geodemo.registry", "geodemo.hub", "geodemo.acceleration"}
+        "geodemo.sampling", "geodemo.point_pass", "geodemo.tangent_pass", "geodemo.guidance", "geodemo.likelihood",
+        "geodemo.losses", "geodemo.metrics", "geodemo.checkpoint", "geodemo.pipeline", "geodemo.encoders",
+        "geodemo.adaptive_density", "geodemo.regions", "geodemo.paths", "geodemo.registry", "geodemo.hub",
+        "geodemo.acceleration"}
 """The core modules and packages (a package stands for its submodules too); `geodemo` itself (its __init__,
 what `import geodemo` runs) is core as well."""
 SERVES_PEOPLE = {"geodemo.service", "geodemo.interactive", "geodemo.images", "geodemo.summary", "geodemo.places",
