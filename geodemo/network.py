@@ -121,7 +121,12 @@ def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision,
     return out if bias is None else out + bias
 
 
-def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+LAYER_NORM_EPS = 1e-5
+"""The eps of the network's LayerNorms (F.layer_norm's default): the hand-written passes use the same."""
+
+
+def _layer_norm_jvp(x: torch.Tensor, dx: torch.Tensor, eps: float = LAYER_NORM_EPS
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Affine-free LayerNorm xh = (x - mean) / sqrt(var + eps) and its tangents
     d xh = (dc - xh mean(xh dc)) / sqrt(var + eps), dc = dx - mean(dx); x (..., D), dx (T, ..., D)."""
     xh, _, inv_std = torch.native_layer_norm(x, x.shape[-1:], None, None, eps)

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from geodemo.guidance import guided_output
-from geodemo.network import GeoDenoiser, Modulations, Precision, hidden_product
+from geodemo.network import LAYER_NORM_EPS, GeoDenoiser, Modulations, Precision, hidden_product
 
 
 def first_block_terms(network: GeoDenoiser, scale1: torch.Tensor, shift: torch.Tensor
@@ -85,7 +85,7 @@ class GuidedPointPass:
         batch, groups, dim = y.shape[0], x.shape[0] // y.shape[0], x.shape[-1]
         points = y.to(x.dtype)
         x0 = network.initial_mapper(points)
-        inv_std = torch.native_layer_norm(x0, (dim,), None, None, 1e-5)[2]
+        inv_std = torch.native_layer_norm(x0, (dim,), None, None, LAYER_NORM_EPS)[2]
         lifted = (F.pad(points, (0, 1), value=1.0) * inv_std).expand(groups, *points.shape[:2], 4).flatten(0, 1)
         hidden = F.gelu(torch.baddbmm(self.first[1][k], lifted, self.first[0][k]))
         residual = x0.expand(groups, *x0.shape).flatten(0, 1)

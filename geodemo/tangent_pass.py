@@ -24,11 +24,9 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
-from geodemo.network import GeoDenoiser, Modulations
+from geodemo.network import LAYER_NORM_EPS, GeoDenoiser, Modulations
 from geodemo.point_pass import first_block_terms
 
-LAYER_NORM_EPS = 1e-5
-"""F.layer_norm's default, the network's LayerNorms'."""
 _GELU = torch.ops.aten.gelu.out
 _GELU_TANGENT = torch.ops.aten.gelu_backward.grad_input
 _LAYER_NORM_TANGENT = torch.ops.aten.native_layer_norm_backward.default
