@@ -254,7 +254,7 @@ def test_one_encoder_pass_gives_both_embeddings_of_seeded_flattened_views():
     assert not torch.equal(other.params["lat"], one.params["lat"])  # each mosaic has its own views
 
 
-def test_fold_summary_picks_the_feature_with_the_smaller_held_out_land_error(tmp_path):
+def test_fold_summary_picks_the_feature_with_the_default_process_smaller_held_out_land_error(tmp_path):
     import json
 
     from training.earth_views_folds import LAND, best_key, markdown, read_folds
@@ -263,13 +263,18 @@ def test_fold_summary_picks_the_feature_with_the_smaller_held_out_land_error(tmp
         return {"images": 10, "geoscore": 1000.0, "median_km": median, "mean_km": median, "acc@200km": 0.1,
                 "acc@750km": acc, "acc@2500km": 0.9, "nll": 0.0, "localizability": 1.0}
 
-    for family, key, median in [("f1", "pooled", 900.0), ("f1", "grid", 600.0), ("f2", "pooled", 300.0),
-                                ("f2", "grid", 500.0)]:
-        folder = tmp_path / f"{family}__{key}"
-        folder.mkdir()
+    for family, key, process, median in [("f1", "pooled", "rfm_s2", 900.0), ("f1", "grid", "rfm_s2", 600.0),
+                                         ("f2", "pooled", "rfm_s2", 300.0), ("f2", "grid", "rfm_s2", 500.0),
+                                         ("f1", "pooled", "flow_r3", 10.0), ("f2", "pooled", "flow_r3", 10.0)]:
+        folder = tmp_path / (f"{family}__{key}" + ("" if process == "rfm_s2" else f"__{process}"))
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "config.json").write_text(json.dumps({"geodemo": {"process": process}}))
         rows = {LAND: row(median, 0.5), "coastline views (20-80% land)": row(median, 0.5),
                 "open-ocean views (< 1% land)": row(5000.0, 0.1)}
         (folder / "eval-m.json").write_text(json.dumps([{"rows": rows, "views": 10}]))
     records = read_folds(tmp_path)
-    assert best_key(records) == "grid"  # mean 550 km against 600 km
-    assert markdown(records).count("\n") == 2 + 3 * 4 - 1
+    assert sorted({(r["key"], r["process"]) for r in records}) == [("grid", "rfm_s2"), ("pooled", "flow_r3"),
+                                                                   ("pooled", "rfm_s2")]
+    assert best_key(records) == "grid"  # the default process: mean 550 km against 600 km (flow's 10 km not counted)
+    assert markdown(records).count("\n") == 2 + 3 * 6 - 1
+    assert "| f1 | pooled | flow_r3 | m |" in markdown(records)

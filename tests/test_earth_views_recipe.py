@@ -33,6 +33,7 @@ def test_every_stage_of_the_recipe_runs_at_toy_size(tiny_mosaics, tmp_path):
         assert f" {stage}" in done.stdout, stage
     summary = json.loads((runs / "folds" / "summary.json").read_text())
     assert {r["mosaic"] for r in summary["folds"]} == {"b"}  # the held-out family's mosaic only
+    assert sorted(r["process"] for r in summary["folds"]) == ["diffusion_r3", "flow_r3", "rfm_s2"]  # one per process
     assert load_backbone(runs / "folds" / "fb" / "encoder" / "model.safetensors")[1:] == (32, 2)
     assert sorted(p.name for p in (data / "folds" / "fb" / "train").iterdir()) == ["a"]
     assert load_backbone(runs / "earth-encoder" / "model.safetensors")[1:] == (32, 2)

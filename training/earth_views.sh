@@ -2,10 +2,11 @@
 # Rebuild the three shipped satellite-view models (assets/earth-rfm, earth-flow, earth-diffusion) and their image
 # encoder (assets/earth-encoder):
 #   folds:     for each held-out mosaic family (default: etopo1, then the Natural Earth pair), side by side:
-#              fine-tune the encoder on the other families (training/earth_encoder.py), embed training views of
-#              those with it, train the default (RFM) process once per denoiser size (FOLD_SIZES, dim x depth);
+#              fine-tune the encoder on the other families (training/earth_encoder.py; kept if its
+#              model.safetensors exists), embed training views of those with it, train each process of
+#              FOLD_PROCESSES once per denoiser size (FOLD_SIZES, dim x depth);
 #   fold-eval: embed clean views of each held-out family with its fold's encoder, evaluate the fold models on
-#              them, print the leave-one-mosaic-out table (a CPU does this stage in minutes);
+#              them, print the leave-one-mosaic-out table (a CPU does the RFM models' part in minutes);
 #   encoder:   fine-tune the encoder on every allowed mosaic (FEATURE=earth_lite0_grid2; skipped for the frozen
 #              ImageNet features efficientnet_lite0 / efficientnet_lite0_grid2);
 #   data:      gather the mosaics, render + embed the training views of every mosaic;
@@ -30,6 +31,7 @@ FOLD_VIEWS=${FOLD_VIEWS:-70000}          # a fold's training views
 HELDOUT_VIEWS=${HELDOUT_VIEWS:-2000}     # per mosaic: clean 256 px renderings, split seed 1
 FOLD_FAMILIES=${FOLD_FAMILIES:-etopo1,natural-earth}
 FOLD_SIZES=${FOLD_SIZES:-128x4}          # denoiser dim x depth of the fold models
+FOLD_PROCESSES=${FOLD_PROCESSES:-rfm_s2,flow_r3,diffusion_r3}   # the fold models' processes (the shipped three)
 FOLD_KEY=earth_lite0_grid2               # the folds fine-tune their own encoder
 FOLD_STEPS=${FOLD_STEPS:-3000}
 FINAL_STEPS=${FINAL_STEPS:-6000}
@@ -72,6 +74,12 @@ shards() {
         --keys "$4" "${weights[@]}" "${@:6}"
 }
 frozen() { [[ "$FEATURE" == efficientnet_lite0* ]]; }
+# fold_run FAMILY SIZE PROCESS: a fold model's run folder (<family>__<key>-<size>, then __<process> but for RFM)
+fold_run() {
+    local run="$RUNS/folds/${1}__$FOLD_KEY-$2"
+    [ "$3" = rfm_s2 ] || run="${run}__$3"
+    echo "$run"
+}
 FEATURE_WEIGHTS=-                        # the final encoder's file, "-" for the frozen features
 frozen || FEATURE_WEIGHTS=$ENCODER_RUN/model.safetensors
 
@@ -83,16 +91,19 @@ if stage folds; then
         (
         fold=$RUNS/folds/$family
         mkdir -p "$fold"
-        $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --exclude-family "$family" --out "$fold/encoder" \
-            --seconds "$ENCODER_SECONDS" $ENCODER_ARGS >"$fold.encoder.log" 2>&1
+        [ -f "$fold/encoder/model.safetensors" ] ||
+            $PYTHON -m training.earth_encoder --mosaics-dir "$MOSAICS" --exclude-family "$family" --out "$fold/encoder" \
+                --seconds "$ENCODER_SECONDS" $ENCODER_ARGS >"$fold.encoder.log" 2>&1
         others=$(folders --root "$DATA" --exclude-family "$family" --names | paste -sd,)
         shards "$DATA/folds/$family/train" 0 "$FOLD_VIEWS" $FOLD_KEY "$fold/encoder/model.safetensors" --mosaics "$others" \
             --batch-size 1024 >"$fold.data.log" 2>&1
         train_folders=$(folders --root "$DATA/folds/$family/train" --key $FOLD_KEY --exclude-family "$family")
         for size in ${FOLD_SIZES//,/ }; do
-            train rfm_s2 "$RUNS/folds/${family}__$FOLD_KEY-$size" "$train_folders" $FOLD_KEY "$FOLD_STEPS" \
-                "$FOLD_VIEWS augmented views of the allowed Earth mosaics except the $family family" \
-                --dim "${size%x*}" --depth "${size#*x}"
+            for process in ${FOLD_PROCESSES//,/ }; do
+                train "$process" "$(fold_run "$family" "$size" "$process")" "$train_folders" $FOLD_KEY "$FOLD_STEPS" \
+                    "$FOLD_VIEWS augmented views of the allowed Earth mosaics except the $family family" \
+                    --dim "${size%x*}" --depth "${size#*x}"
+            done
         done
         wait
         ) &
@@ -108,12 +119,17 @@ if stage fold-eval; then
             --mosaics "$mine" --per-mosaic --no-augment --size 256 --shard-size 1000 --batch-size 250 \
             >"$RUNS/folds/$family.heldout.log" 2>&1
         for size in ${FOLD_SIZES//,/ }; do
-            out="$RUNS/folds/${family}__$FOLD_KEY-$size"
-            for mosaic in ${mine//,/ }; do
-                $PYTHON -m training.earth_views_eval "$out/model" "$DATA/folds/$family/heldout/$mosaic/{key}" --steps 32 \
-                    --likelihood-images 50 --normalisation-views 0 --no-prior --output "$out/eval-$mosaic.json" \
-                    $EVAL_ARGS >"$out/eval-$mosaic.log" 2>&1
+            for process in ${FOLD_PROCESSES//,/ }; do
+                out=$(fold_run "$family" "$size" "$process")
+                samples=16   # localizability samples per view; the R^3 likelihood is a radial integral per point
+                [ "$process" = rfm_s2 ] || samples=4
+                for mosaic in ${mine//,/ }; do
+                    $PYTHON -m training.earth_views_eval "$out/model" "$DATA/folds/$family/heldout/$mosaic/{key}" \
+                        --steps 32 --likelihood-images 50 --localizability-samples $samples --normalisation-views 0 \
+                        --no-prior --output "$out/eval-$mosaic.json" $EVAL_ARGS >"$out/eval-$mosaic.log" 2>&1 &
+                done
             done
+            wait
         done
     done
     $PYTHON -m training.earth_views_folds "$RUNS/folds" --output "$RUNS/folds/summary.json"

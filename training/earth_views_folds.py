@@ -1,9 +1,10 @@
 """Leave-one-mosaic-out summary: the held-out-mosaic table of the fold models and the encoder feature that wins.
 
 A fold model is trained on every mosaic outside one family and evaluated (training/earth_views_eval.py) on
-the views of each mosaic of that family; its evaluation lands in <runs>/<family>__<embedding key>/eval-<mosaic>.json.
-The winning embedding key has the smallest median error on held-out land views (>= 20% land), averaged
-over the folds; ties go to the higher acc@750km.
+the views of each mosaic of that family; its evaluation lands in <runs>/<family>__<embedding key>[__<process>]/
+eval-<mosaic>.json, its process is read from model/config.json. The winning embedding key has the smallest median
+error of the default process (RFM) on held-out land views (>= 20% land), averaged over the folds; ties go to the
+higher acc@750km.
 
     python -m training.earth_views_folds runs/folds --output runs/folds/summary.json     # table + winner
     python -m training.earth_views_folds runs/folds --print-best                         # the winner alone
@@ -19,36 +20,42 @@ from pathlib import Path
 from training.earth_views_eval import METRIC_COLUMNS, markdown_header, metric_cells
 
 LAND, OCEAN, COAST = "views with >= 20% land", "open-ocean views (< 1% land)", "coastline views (20-80% land)"
+DEFAULT_PROCESS = "rfm_s2"
 
 
 def read_folds(root: str | Path) -> list[dict]:
-    """One record per (fold, held-out mosaic): family, key, mosaic and the evaluation rows."""
+    """One record per (fold model, held-out mosaic): family, key, process, mosaic and the evaluation rows."""
     records = []
     for path in sorted(Path(root).glob("*__*/eval-*.json")):
-        family, key = path.parent.name.split("__")
+        family, key = path.parent.name.split("__")[:2]
+        config = path.parent / "model" / "config.json"
+        process = json.loads(config.read_text())["geodemo"]["process"] if config.is_file() else DEFAULT_PROCESS
         for result in json.loads(path.read_text()):
-            records.append({"family": family, "key": key, "mosaic": path.stem[len("eval-"):], "rows": result["rows"],
-                            "views": result["views"]})
+            records.append({"family": family, "key": key, "process": process, "mosaic": path.stem[len("eval-"):],
+                            "rows": result["rows"], "views": result["views"]})
     if not records:
         raise FileNotFoundError(f"no fold evaluations (<family>__<key>/eval-<mosaic>.json) under {root}")
     return records
 
 
 def best_key(records: list[dict]) -> str:
-    """The embedding key with the smallest mean (over folds) of the held-out land views' median km."""
+    """The embedding key with the smallest mean (over folds) of the default process's held-out land views' median km."""
+    default = [r for r in records if r["process"] == DEFAULT_PROCESS] or records
     scores = {}
-    for key in sorted({r["key"] for r in records}):
-        mine = [r["rows"][LAND] for r in records if r["key"] == key]
+    for key in sorted({r["key"] for r in default}):
+        mine = [r["rows"][LAND] for r in default if r["key"] == key]
         scores[key] = (statistics.mean(m["median_km"] for m in mine), -statistics.mean(m["acc@750km"] for m in mine))
     return min(scores, key=scores.get)
 
 
 def markdown(records: list[dict]) -> str:
-    """A row per (fold, encoder feature, held-out mosaic, subset) with earth_views_eval's metric columns."""
-    lines = [markdown_header("held-out family", "encoder feature", "held-out mosaic", "views", *METRIC_COLUMNS)]
+    """A row per (fold, encoder feature, process, held-out mosaic, subset) with earth_views_eval's metric columns."""
+    lines = [markdown_header("held-out family", "encoder feature", "process", "held-out mosaic", "views",
+                             *METRIC_COLUMNS)]
     for r in records:
         for subset in (LAND, COAST, OCEAN):
-            lines.append(f"| {r['family']} | {r['key']} | {r['mosaic']} | {subset} | {metric_cells(r['rows'][subset])} |")
+            lines.append(f"| {r['family']} | {r['key']} | {r['process']} | {r['mosaic']} | {subset} | "
+                         f"{metric_cells(r['rows'][subset])} |")
     return "\n".join(lines)
 
 
