@@ -60,3 +60,20 @@ def test_a_recorded_temperature_is_what_the_model_folder_reads(tmp_path):
     assert read_info(folder).region_temperature == 1.93
     stored = json.loads((folder / "config.json").read_text())["geodemo"]["calibration"]
     assert stored["test_coverage"]["90%"] == [round(rows[k]["coverage90"], 4) for k in rows]
+
+
+def test_the_view_sets_embeddings_are_cached_per_encoder_weights(tmp_path, monkeypatch):
+    """Retrained Earth-encoder weights name another embedding file (the old one would silently feed the new
+    models stale embeddings); the meta file (latlon, land) does not depend on the weights."""
+    import training.calibration as calibration
+
+    weights = tmp_path / "earth-encoder" / "model.safetensors"
+    weights.parent.mkdir()
+    monkeypatch.setattr(calibration, "ASSETS_DIR", tmp_path)
+    paths = []
+    for content in (b"old weights", b"new weights"):
+        weights.write_bytes(content)
+        paths.append((calibration.views_path("test", "all", 540, "earth_lite0_grid2"),
+                      calibration.views_path("test", "all", 540, "earth_lite0_grid2", meta=True)))
+    assert paths[0][0] != paths[1][0] and paths[0][1] == paths[1][1]
+    assert calibration.views_path("test", "all", 540, "efficientnet_lite0").name == "test-all-540-efficientnet_lite0.pt"

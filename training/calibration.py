@@ -50,6 +50,8 @@ import torch
 
 import geodemo
 from geodemo.calibration import Calibration, floored_levels
+from geodemo.encoders.efficientnet import EARTH_NAME, EARTH_WEIGHTS, sha256_of
+from geodemo.paths import ASSETS_DIR
 from geodemo.pipeline import GeoPipeline
 from geodemo.registry import lookup
 from geodemo.regions import sample_levels, sample_region_area_km2
@@ -202,9 +204,15 @@ def model_id(name: str) -> tuple[str, str]:
 
 
 def views_path(view_set: str, mosaics: str, count: int, key: str, meta: bool = False) -> Path:
-    """The cache file of a view set's embeddings (or, meta, of its latlon and land alone: small, kept with the
-    results when the embeddings are rendered elsewhere)."""
-    return CACHE / "views" / f"{view_set}-{mosaics.replace(',', '+')}-{count}-{key}{'-meta' if meta else ''}.pt"
+    """The cache file of a view set's embeddings, named by the fine-tuned encoder's weights too (retrained
+    weights embed anew), or, meta, of its latlon and land alone: small, kept with the results when the embeddings
+    are rendered elsewhere."""
+    name = f"{view_set}-{mosaics.replace(',', '+')}-{count}-{key}"
+    if meta:
+        return CACHE / "views" / f"{name}-meta.pt"
+    if key == EARTH_NAME:
+        name += "-" + sha256_of(ASSETS_DIR / EARTH_WEIGHTS)[:12]
+    return CACHE / "views" / f"{name}.pt"
 
 
 def load_view_meta(view_set: str, mosaics: str, count: int, key: str, mosaics_dir: str) -> dict[str, torch.Tensor]:
