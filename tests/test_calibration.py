@@ -77,3 +77,15 @@ def test_the_view_sets_embeddings_are_cached_per_encoder_weights(tmp_path, monke
                       calibration.views_path("test", "all", 540, "earth_lite0_grid2", meta=True)))
     assert paths[0][0] != paths[1][0] and paths[0][1] == paths[1][1]
     assert calibration.views_path("test", "all", 540, "efficientnet_lite0").name == "test-all-540-efficientnet_lite0.pt"
+
+
+def test_split_fit_views_gives_two_disjoint_halves_that_cover_the_measured_views():
+    from training.calibration import ViewLevels, split_fit_views
+
+    levels = ViewLevels(torch.arange(10.0).reshape(5, 2), torch.arange(5.0), torch.zeros(5, 3))
+    index = torch.tensor([3, 8, 11, 20, 41])
+    (fit, fit_index), (test, test_index) = split_fit_views((levels, index))
+    assert fit_index.tolist() == [3, 11, 41] and test_index.tolist() == [8, 20]
+    assert fit.truth_log_density.tolist() == [0.0, 2.0, 4.0] and test.sample_log_density.tolist() == [[2.0, 3.0],
+                                                                                                      [6.0, 7.0]]
+    assert test.uniform_log_density.shape == (2, 3)

@@ -326,20 +326,37 @@ class Plan:
     ood_views: int = 120
 
 
-def report_model(model: str, plan: Plan, mosaics_dir: str) -> dict:
+def split_fit_views(fit: tuple[ViewLevels, torch.Tensor]
+                    ) -> tuple[tuple[ViewLevels, torch.Tensor], tuple[ViewLevels, torch.Tensor]]:
+    """The measured fit views (levels, indices) split in two disjoint halves by position (even, odd): a fit half
+    and a test half, for a model whose test set was not measured (the views are independent draws of the same
+    distribution either way)."""
+    levels, index = fit
+    halves = torch.arange(len(index)) % 2 == 0, torch.arange(len(index)) % 2 == 1
+    return tuple((levels.subset(torch.nonzero(h).flatten()), index[h]) for h in halves)
+
+
+def report_model(model: str, plan: Plan, mosaics_dir: str, split_fit: bool = False) -> dict:
     """Every measurement of one model so far: test views at w = 0 (before and after the temperature fitted on the
-    fit views), at POINT_GUIDANCE, and unseen mosaics at w = 0 (before and after)."""
+    fit views), at POINT_GUIDANCE, and unseen mosaics at w = 0 (before and after). split_fit: fit on one half of the
+    measured fit views and test on the other (split_fit_views) instead of the test set."""
     key = lookup(model).info().encoder
-    land = load_views("test", plan.mosaics, plan.test_views, key, mosaics_dir)["land"]
     rows: dict[str, dict] = {}
     fit = read_levels(model, "fit", plan.mosaics, plan.fit_views, 0.0)
+    if split_fit:
+        if fit is None:
+            raise ValueError(f"{model}: no fit views measured to split")
+        fit, test = split_fit_views(fit)
+        land = load_view_meta("fit", plan.mosaics, plan.fit_views, key, mosaics_dir)["land"]
+    else:
+        land = load_views("test", plan.mosaics, plan.test_views, key, mosaics_dir)["land"]
+        test = read_levels(model, "test", plan.mosaics, plan.test_views, 0.0)
     temperature = fit_temperature(fit[0]) if fit is not None else None
-    test = read_levels(model, "test", plan.mosaics, plan.test_views, 0.0)
     if test is not None:
         rows["test, w = 0"] = summarise(test[0], land=land[test[1]])
         if temperature is not None:
             rows["test, w = 0, temperature"] = summarise(test[0], temperature, land[test[1]])
-    guided = read_levels(model, "test", plan.mosaics, plan.test_views, POINT_GUIDANCE)
+    guided = None if split_fit else read_levels(model, "test", plan.mosaics, plan.test_views, POINT_GUIDANCE)
     if guided is not None:
         rows[f"test, w = {POINT_GUIDANCE:g}"] = summarise(guided[0], land=land[guided[1]])
     ood = read_levels(model, "ood", plan.ood_mosaics, plan.ood_views, 0.0) if plan.ood_mosaics else None
@@ -349,7 +366,7 @@ def report_model(model: str, plan: Plan, mosaics_dir: str) -> dict:
         if temperature is not None:
             rows["unseen mosaics, w = 0, temperature"] = summarise(ood[0], temperature, ood_land[ood[1]])
     return {"model": model, "weights": model_id(model)[1], "temperature": temperature, "plan": plan.__dict__,
-            "fit_views_measured": len(fit[1]) if fit is not None else 0, "rows": rows}
+            "fit_views_measured": len(fit[1]) if fit is not None else 0, "split_fit": split_fit, "rows": rows}
 
 
 def record_calibration(folder: str | Path, report: dict) -> Path:
@@ -362,7 +379,8 @@ def record_calibration(folder: str | Path, report: dict) -> Path:
     plan = report["plan"]
     config["geodemo"]["calibration"] = {
         "temperature": round(report["temperature"], 4),
-        "fitted_on": f"{report['fit_views_measured']} held-out views (split seed {HELDOUT_SEED}, shard {VIEW_SETS['fit']}) of "
+        "fitted_on": f"{report['fit_views_measured']} held-out views (split seed {HELDOUT_SEED}, shard {VIEW_SETS['fit']}"
+                     f"{'; the other half of the measured views is the test' if report.get('split_fit') else ''}) of "
                      f"mosaics '{plan['mosaics']}', augmented as in training; w = 0; {MEASURE_SAMPLES} own samples each",
         "test_views": before["views"],
         "test_coverage": {f"{m}%": [round(r[f"coverage{m}"], 4) for r in (before, after)] for m in (50, 90)},
@@ -464,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--test-views", type=int, default=Plan.test_views)
     rep.add_argument("--record", default="",
                      help="comma-separated models whose fitted temperature goes into their config.json")
+    rep.add_argument("--split-fit", default="",
+                     help="comma-separated models fitted on half of their measured fit views and tested on the other "
+                          "half (their test set not measured)")
     args = parser.parse_args(argv)
     plan = Plan()
     if args.command == "measure":
@@ -472,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                            batch=args.batch, device=args.device)
         return 0 if finished else 3
     plan = Plan(mosaics=args.mosaics, ood_mosaics=args.ood_mosaics, fit_views=args.fit_views, test_views=args.test_views)
-    reports = [report_model(m, plan, args.mosaics_dir) for m in args.models.split(",")]
+    reports = [report_model(m, plan, args.mosaics_dir, split_fit=m in args.split_fit.split(","))
+               for m in args.models.split(",")]
     for rep in reports:
         if rep["model"] in args.record.split(","):
             print(f"recorded T = {rep['temperature']:.3f} in {record_calibration(model_id(rep['model'])[0], rep)}")
