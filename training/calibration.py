@@ -21,10 +21,11 @@ order and every result is cached under data/calibration/ (keyed by the model's w
 resumes and a report uses the views measured so far, a random subset of the set. `report --record default` writes
 the fitted temperature into the model's config.json (geodemo.calibration), where the app reads it.
 
-How it was run (2026-12-07, the retrained models): on one NVIDIA H100, in the GPU call that evaluated them, the
-views rendered and embedded there and `measure --device cuda --batch 32` for default (fit, test, test at w = 2)
-and earth-flow (fit, 480 test views before the call's time ran out), 40-76 s per set; earth-diffusion was not
-measured. Then `report --models default,earth-flow --record default,earth-flow` here.
+How it was run (2026-12-07, the shipped files of the 600-step encoder recipe): the fit sets on one NVIDIA H100
+(`measure --device cuda --batch 32`) until the call's time ran out (default 416, earth-flow and earth-diffusion 256
+views), the default model's test sets on a 2-core CPU (176 views at w = 0, 64 at w = 2), then
+`report --split-fit earth-flow,earth-diffusion --record default,earth-flow,earth-diffusion` (the R^3 models' test
+views, about 2 minutes each on that CPU, were out of reach).
 
     python -m training.calibration measure --model default --views fit --budget-s 500
     python -m training.calibration measure --model default --views test --budget-s 500
