@@ -268,7 +268,8 @@ def test_fold_summary_picks_the_feature_with_the_default_process_smaller_held_ou
                                          ("f1", "pooled", "flow_r3", 10.0), ("f2", "pooled", "flow_r3", 10.0)]:
         folder = tmp_path / (f"{family}__{key}" + ("" if process == "rfm_s2" else f"__{process}"))
         (folder / "model").mkdir(parents=True)
-        (folder / "model" / "config.json").write_text(json.dumps({"geodemo": {"process": process}}))
+        (folder / "model" / "config.json").write_text(json.dumps({"dim": 16, "depth": 1, "cond_dim": 8,
+                                                                   "geodemo": {"process": process}}))
         rows = {LAND: row(median, 0.5), "coastline views (20-80% land)": row(median, 0.5),
                 "open-ocean views (< 1% land)": row(5000.0, 0.1)}
         (folder / "eval-m.json").write_text(json.dumps([{"rows": rows, "views": 10}]))

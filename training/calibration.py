@@ -35,7 +35,6 @@ views, about 2 minutes each on that CPU, were out of reach).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -51,6 +50,7 @@ import torch
 
 import geodemo
 from geodemo.calibration import Calibration, floored_levels
+from geodemo.checkpoint import WEIGHTS_FILE
 from geodemo.encoders.efficientnet import EARTH_NAME, EARTH_WEIGHTS, sha256_of
 from geodemo.paths import ASSETS_DIR
 from geodemo.pipeline import GeoPipeline
@@ -200,8 +200,7 @@ def region_coverage(pipeline: GeoPipeline, embeddings: torch.Tensor, latlon: tor
 def model_id(name: str) -> tuple[str, str]:
     """(folder, name-sha) of a model name: the cache key changes when the weights do."""
     folder = lookup(name).local_folder()
-    digest = hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()[:12]
-    return str(folder), f"{name}-{digest}"
+    return str(folder), f"{name}-{sha256_of(Path(folder) / WEIGHTS_FILE)[:12]}"
 
 
 def views_path(view_set: str, mosaics: str, count: int, key: str, meta: bool = False) -> Path:

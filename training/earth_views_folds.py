@@ -17,10 +17,11 @@ import json
 import statistics
 from pathlib import Path
 
+from geodemo.checkpoint import CONFIG_FILE, read_info
+from geodemo.registry import DEFAULT_PROCESS
 from training.earth_views_eval import METRIC_COLUMNS, markdown_header, metric_cells
 
 LAND, OCEAN, COAST = "views with >= 20% land", "open-ocean views (< 1% land)", "coastline views (20-80% land)"
-DEFAULT_PROCESS = "rfm_s2"
 
 
 def read_folds(root: str | Path) -> list[dict]:
@@ -28,8 +29,8 @@ def read_folds(root: str | Path) -> list[dict]:
     records = []
     for path in sorted(Path(root).glob("*__*/eval-*.json")):
         family, key = path.parent.name.split("__")[:2]
-        config = path.parent / "model" / "config.json"
-        process = json.loads(config.read_text())["geodemo"]["process"] if config.is_file() else DEFAULT_PROCESS
+        model = path.parent / "model"
+        process = (read_info(model).process if (model / CONFIG_FILE).is_file() else None) or DEFAULT_PROCESS
         for result in json.loads(path.read_text()):
             records.append({"family": family, "key": key, "process": process, "mosaic": path.stem[len("eval-"):],
                             "rows": result["rows"], "views": result["views"]})
