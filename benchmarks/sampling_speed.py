@@ -23,12 +23,14 @@ import torch
 
 from benchmarks.plonk_reference import (SIZES, authors_pipeline, describe_device, matmul_rate, median_time,
                                         our_network, point_flops, random_hub_folder)
+from geodemo.network import tf32_matmuls
 from geodemo.processes import RiemannianFlowS2
 from geodemo.sampling import matmul_precision, sample
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import angle_between, haversine_km, latlon_to_xyz, sample_uniform, xyz_to_latlon
 
-VARIANTS = ("auto", "float32", "bf16x3", "bf16", "auto-eager", "float32-eager", "bf16x3-eager", "bf16-eager")
+VARIANTS = ("auto", "float32", "bf16x3", "bf16", "tf32", "auto-eager", "float32-eager", "bf16x3-eager", "bf16-eager",
+            "tf32-eager")
 
 
 def ours(network, emb, noise, steps, guidance, variant):
@@ -63,6 +65,8 @@ def main() -> None:
     if device.startswith("cuda"):
         rates = {"native": matmul_rate(device, torch.float32, n=8192), "bf16": matmul_rate(device, torch.bfloat16, n=8192)}
         rates["bf16x3"] = rates["bf16"] / 3
+        with tf32_matmuls():
+            rates["tf32"] = matmul_rate(device, torch.float32, n=8192)
     rows = []
     for size in args.sizes:
         config = SIZES[size]

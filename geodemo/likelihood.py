@@ -155,7 +155,8 @@ def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, me
 
     state0 = torch.cat((y0, torch.zeros_like(y0[..., :1])), dim=-1)
     if method in RUNGE_KUTTA:
-        state1 = fixed_steps(augmented, state0, t_start, t_end, steps or 64, method, field.terms)
+        state1 = fixed_steps(augmented, state0, t_start, t_end, steps or 64, method, field.terms,
+                              field.process.likelihood_step_power)
     else:
         times = torch.tensor([t_start, t_end], dtype=y0.dtype, device=y0.device)
         state1 = odeint(lambda t, state: augmented(field.terms(t.view(1))[0], state), state0, times, method=method,
@@ -164,29 +165,44 @@ def _solve(field: "ODEField", y0: torch.Tensor, t_start: float, t_end: float, me
 
 
 def fixed_steps(fun: Callable[[Any, torch.Tensor], torch.Tensor], state: torch.Tensor, t_start: float, t_end: float,
-                steps: int, method: str = "rk4", prepare: Callable[[torch.Tensor], Sequence] | None = None
-                ) -> torch.Tensor:
-    """`steps` equal steps of an explicit Runge-Kutta method (RUNGE_KUTTA) for d state/dt = fun(t, state):
-    k_i = fun(t + c_i h, state + h sum_j a_ij k_j), state += h sum_i b_i k_i.
+                steps: int, method: str = "rk4", prepare: Callable[[torch.Tensor], Sequence] | None = None,
+                power: int = 1) -> torch.Tensor:
+    """`steps` equal steps in q of an explicit Runge-Kutta method (RUNGE_KUTTA) for d state/dq = t'(q) fun(t(q), state),
+    t = t_start + (t_end - t_start) warp(q) (time_warp with `power`; 1: equal steps in t):
+    k_i = t'(q + c_i h) fun(t(q + c_i h), state + h sum_j a_ij k_j), state += h sum_i b_i k_i, h = 1 / steps.
 
-    The stage times t + c_i h are known in advance: prepare maps all of them, (steps * stages,) in order, to what
-    fun takes as its time in one call (ODEField.terms: the network's time conditioning of every stage at once);
-    without it fun takes the 0-d times."""
+    The stage times are known in advance: prepare maps all of them, (steps * stages,) in order, to what fun takes as
+    its time in one call (ODEField.terms: the network's time conditioning of every stage at once); without it fun
+    takes the 0-d times."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     a, b = RUNGE_KUTTA[method]
-    h = (t_end - t_start) / steps
+    h = 1.0 / steps
     nodes = (0.0, *(sum(row) for row in a))
-    times = torch.tensor([t + c * h for t in (t_start + n * h for n in range(steps)) for c in nodes],
-                         dtype=state.dtype, device=state.device)
+    q = torch.tensor([(n + c) * h for n in range(steps) for c in nodes], dtype=torch.float64)
+    warp, slope = time_warp(q, power)
+    times = (t_start + (t_end - t_start) * warp).to(dtype=state.dtype, device=state.device)
+    rates = ((t_end - t_start) * slope).tolist()
     stage_times = iter(prepare(times) if prepare else times.unbind())
+    stage_rates = iter(rates)
     for _ in range(steps):
-        ks = [fun(next(stage_times), state)]
+        ks = [next(stage_rates) * fun(next(stage_times), state)]
         for row in a:
             stage = state + h * sum(coef * k for coef, k in zip(row, ks) if coef)
-            ks.append(fun(next(stage_times), stage))
+            ks.append(next(stage_rates) * fun(next(stage_times), stage))
         state = state + h * sum(coef * k for coef, k in zip(b, ks) if coef)
     return state
+
+
+def time_warp(q: torch.Tensor, power: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(warp(q), warp'(q)) on [0, 1] with warp(0) = 0, warp(1) = 1: warp = q^p for p >= 1 (steps dense at the start),
+    1 - (1 - q)^|p| for p <= -1 (dense at the end); p = 1 (or -1) is the identity. Integer powers only: a fractional
+    one makes the warped field non-smooth at the dense end and RK4 drops to order |p| there."""
+    if abs(power) < 1 or power != int(power):
+        raise ValueError(f"the time warp's power must be a whole number, at least 1 in size, got {power}")
+    if power > 0:
+        return q.pow(power), power * q.pow(power - 1)
+    return 1 - (1 - q).pow(-power), -power * (1 - q).pow(-power - 1)
 
 
 class FieldTerms(NamedTuple):

@@ -5,8 +5,9 @@ Parameter names equal the authors' released `model.safetensors` keys, so their w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Literal, NamedTuple
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -82,10 +83,27 @@ class Modulations(NamedTuple):
         return [Modulations(tuple(block[k] for block in blocks), final) for k, final in enumerate(finals)]
 
 
-Precision = Literal["native", "bf16x3", "bf16"]
+Precision = Literal["native", "bf16x3", "bf16", "tf32"]
 """How the blocks' matmuls run: in the weights' own dtype, as three bfloat16 products (bf16x3_weight; float32
-accuracy), or as one bfloat16 product with float32 accumulation (relative error ~2^-8); the rest of the pass (inputs,
-LayerNorms, activations, output) stays in the weights' dtype."""
+accuracy), as one bfloat16 product with float32 accumulation (relative error ~2^-8), or as one TF32 product (CUDA,
+inside tf32_matmuls; relative error ~2^-11); the rest of the pass (inputs, LayerNorms, activations, output) stays in
+the weights' dtype."""
+
+
+@contextlib.contextmanager
+def tf32_matmuls(enabled: bool = True) -> Iterator[None]:
+    """CUDA float32 matmuls on TF32 tensor cores inside the block (torch.backends.cuda.matmul.allow_tf32, restored
+    after it). The flag is process-wide: another thread's float32 matmul on CUDA during the block also runs in TF32;
+    kernels captured in a CUDA graph inside the block keep TF32 at every replay."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,8 +126,9 @@ def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision,
     """x W^T (+ bias), weight in hidden_weights' form for `precision`. "bf16x3": x_hi W_hi^T + x_hi W_lo^T + x_lo W_hi^T
     (x = x_hi + x_lo, W = W_hi + W_lo in bfloat16) as one bfloat16 matmul with float32 accumulation: relative error
     ~2^-16 (TF32: 2^-11) at three bf16 products' cost. "bf16": bf16(x) bf16(W)^T, float32 accumulation, error ~2^-8.
-    Float32 output on CUDA; emulated in float32 elsewhere (for tests: no faster there)."""
-    if precision == "native":
+    "tf32": F.linear, on TF32 tensor cores where the caller runs inside tf32_matmuls. Float32 output on CUDA; emulated
+    in float32 elsewhere (for tests: no faster there)."""
+    if precision in ("native", "tf32"):
         return F.linear(x, weight, bias)
     if precision == "bf16x3":
         x_hi, x_lo = split_bf16(x)
@@ -217,10 +236,10 @@ class GeoDenoiser(nn.Module):
     def hidden_weights(self, precision: Precision = "native") -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
         """Each block's two MLP weights in the form hidden_product takes for `precision` (the bfloat16 forms:
         float32 networks only)."""
-        if precision == "native":
+        if precision in ("native", "tf32"):
             return tuple((b.mlp[0].weight, b.mlp[3].weight) for b in self.blocks)
         if precision not in ("bf16x3", "bf16"):
-            raise ValueError(f"precision must be 'native', 'bf16x3' or 'bf16', got {precision!r}")
+            raise ValueError(f"precision must be 'native', 'bf16x3', 'bf16' or 'tf32', got {precision!r}")
         if self.initial_mapper.weight.dtype != torch.float32:
             raise ValueError(f"precision {precision!r} needs a float32 network")
         form = bf16x3_weight if precision == "bf16x3" else lambda w: w.t().to(torch.bfloat16).contiguous()

@@ -12,18 +12,18 @@ import torch
 
 from geodemo.acceleration import graphs_allowed
 from geodemo.guidance import guidance_batch
-from geodemo.network import GeoDenoiser, Modulations, Precision
+from geodemo.network import GeoDenoiser, Modulations, Precision, tf32_matmuls
 from geodemo.point_pass import GuidedPointPass
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
 from geodemo.sphere import project
 
-SamplePrecision = Literal["auto", "float32", "bf16x3", "bf16"]
+SamplePrecision = Literal["auto", "float32", "bf16x3", "bf16", "tf32"]
 """The per-point matmuls of the sampler: "float32" (the network's own arithmetic, exact), "bf16x3" (three bfloat16
-products: float32 accuracy, on tensor cores), "bf16" (one bfloat16 product: samples move by kilometres), "auto"
-(the default: bf16x3 on CUDA, float32 elsewhere, where bfloat16 products are not faster). The state, the
-LayerNorms, the activations and the first block's input product (folded through the 3-d input layer:
-geodemo.point_pass) stay float32 in every case."""
+products: float32 accuracy, on tensor cores), "bf16" (one bfloat16 product: samples move by kilometres), "tf32" (one
+TF32 product on CUDA, geodemo.network.tf32_matmuls), "auto" (the default: bf16x3 on CUDA, float32 elsewhere, where
+bfloat16 products are not faster). The state, the LayerNorms, the activations and the first block's input product
+(folded through the 3-d input layer: geodemo.point_pass) stay float32 in every case."""
 
 
 @dataclass
@@ -56,8 +56,8 @@ def matmul_precision(precision: SamplePrecision, device: torch.device | str) -> 
     """The network's Precision for a SamplePrecision on `device`."""
     if precision == "auto":
         return "bf16x3" if torch.device(device).type == "cuda" else "native"
-    if precision not in ("float32", "bf16x3", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'float32', 'bf16x3' or 'bf16', got {precision!r}")
+    if precision not in ("float32", "bf16x3", "bf16", "tf32"):
+        raise ValueError(f"precision must be 'auto', 'float32', 'bf16x3', 'bf16' or 'tf32', got {precision!r}")
     return "native" if precision == "float32" else precision
 
 
@@ -86,10 +86,11 @@ def run_steps(network: GeoDenoiser, process: Process, gammas: torch.Tensor, mods
     """len(gammas) - 1 sampler steps from gamma_0 to gamma_K given their modulations stacked (K, rows, 1, dim);
     appends every new state to `states` when it is a list."""
     predict = GuidedPointPass(network, mods, weights, precision, guidance)
-    for k in range(len(gammas) - 1):
-        y = process.step(y, predict(k, y), gammas[k], gammas[k + 1])
-        if states is not None:
-            states.append(y)
+    with tf32_matmuls(precision == "tf32"):
+        for k in range(len(gammas) - 1):
+            y = process.step(y, predict(k, y), gammas[k], gammas[k + 1])
+            if states is not None:
+                states.append(y)
     return y
 
 

@@ -10,7 +10,7 @@ from conftest import random_network
 from geodemo import sampling
 from geodemo.guidance import guided_prediction
 from geodemo.likelihood import ODEField, field_and_divergence, log_density, per_point_error_norm
-from geodemo.network import bf16x3_weight, hidden_product, split_bf16
+from geodemo.network import bf16x3_weight, hidden_product, split_bf16, tf32_matmuls
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.point_pass import GuidedPointPass, fused_linear_available
 from geodemo.sampling import gamma_grid, matmul_precision, sample, step_modulations
@@ -134,6 +134,18 @@ def test_default_samples_stay_within_a_hundredth_of_a_degree_of_float32(process)
     assert torch.equal(draw("auto"), exact)  # on a CPU the default is the float32 path itself
     assert max_degrees(draw("bf16x3"), exact) < 0.01
     assert max_degrees(draw("bf16"), exact) > 0.01
+
+
+def test_tf32_sampling_restores_the_matmul_flag():
+    """precision="tf32" turns TF32 matmuls on for its step loop only (tf32_matmuls), also when the loop fails."""
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=15, scale=0.5)
+    emb = torch.randn(1, 8)
+    before = torch.backends.cuda.matmul.allow_tf32
+    out = sample(net, RiemannianFlowS2(), SCHEDULE, emb, 16, steps=4, seed=1, precision="tf32").xyz
+    assert torch.isfinite(out).all() and torch.backends.cuda.matmul.allow_tf32 == before
+    with pytest.raises(RuntimeError), tf32_matmuls():
+        raise RuntimeError("inside the block")
+    assert torch.backends.cuda.matmul.allow_tf32 == before
 
 
 @pytest.mark.skipif(not fused_linear_available(torch.ones(1), "native"), reason="needs oneDNN")

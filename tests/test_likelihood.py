@@ -9,7 +9,8 @@ from conftest import random_network
 from geodemo.grids import integrate, latlon_grid
 from geodemo import likelihood
 from geodemo.likelihood import (ODEField, accuracy_options, check_indices, doublings, field_and_divergence, fixed_steps,
-                                log_density, r3_log_density, radial_quadrature, relevant_columns, t_at_gamma)
+                                log_density, r3_log_density, radial_quadrature, relevant_columns, t_at_gamma,
+                                time_warp)
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
 from geodemo.schedules import SigmoidSchedule
 from geodemo.sphere import latlon_to_xyz, project
@@ -158,6 +159,25 @@ def test_classic_rk4_converges_at_fourth_order():
                               )[0, 0, 0].item() - exact) for n in (8, 16, 32)]
     assert all(13 < coarse / fine < 19 for coarse, fine in zip(errors, errors[1:]))
     assert errors[-1] < 1e-6
+
+
+@pytest.mark.parametrize("power", [2.0, -2.0])
+def test_warped_rk4_converges_at_fourth_order_and_helps_where_the_field_is_sharp(power: float):
+    """Equal steps in q with t = warp(q) solve the same ODE: fourth order on y' = cos(t) y; on
+    y' = -0.01 y / (t + 0.01)^2 or y' = -0.01 y / (1.01 - t)^2 (y(1) = exp(0.01 / 1.01 - 1), sharp at the start or
+    the end) the warp with its steps dense there is more accurate than equal steps in t."""
+    exact = math.exp(math.sin(2.0))
+    errors = [abs(fixed_steps(lambda t, y: torch.cos(t) * y, torch.ones(1, 1, 3, dtype=torch.float64), 0.0, 2.0, n,
+                              power=power)[0, 0, 0].item() - exact) for n in (64, 128, 256)]
+    assert all(13 < coarse / fine < 19 for coarse, fine in zip(errors, errors[1:]))
+    sharp = (lambda t, y: -0.01 * y / (t + 0.01) ** 2) if power > 0 else (lambda t, y: -0.01 * y / (1.01 - t) ** 2)
+    exact_sharp = math.exp(0.01 / 1.01 - 1)
+    start = torch.ones(1, 1, 3, dtype=torch.float64)
+    warped, equal = (abs(fixed_steps(sharp, start, 0.0, 1.0, 16, power=p)[0, 0, 0].item() / exact_sharp - 1)
+                     for p in (power, 1.0))
+    assert warped < equal / 10
+    with pytest.raises(ValueError, match="power"):
+        time_warp(torch.zeros(1), 0.5)
 
 
 def reference_log_density(net: nn.Module, emb: torch.Tensor, xyz: torch.Tensor, guidance: float) -> torch.Tensor:
