@@ -126,10 +126,11 @@ def hidden_product(x: torch.Tensor, weight: torch.Tensor, precision: Precision,
     """x W^T (+ bias), weight in hidden_weights' form for `precision`. "bf16x3": x_hi W_hi^T + x_hi W_lo^T + x_lo W_hi^T
     (x = x_hi + x_lo, W = W_hi + W_lo in bfloat16) as one bfloat16 matmul with float32 accumulation: relative error
     ~2^-16 (TF32: 2^-11) at three bf16 products' cost. "bf16": bf16(x) bf16(W)^T, float32 accumulation, error ~2^-8.
-    "tf32": F.linear, on TF32 tensor cores where the caller runs inside tf32_matmuls. Float32 output on CUDA; emulated
-    in float32 elsewhere (for tests: no faster there)."""
+    "tf32": F.linear inside tf32_matmuls (TF32 tensor cores on CUDA, float32 elsewhere). Float32 output on CUDA;
+    emulated in float32 elsewhere (for tests: no faster there)."""
     if precision in ("native", "tf32"):
-        return F.linear(x, weight, bias)
+        with tf32_matmuls(precision == "tf32"):
+            return F.linear(x, weight, bias)
     if precision == "bf16x3":
         x_hi, x_lo = split_bf16(x)
         a = torch.cat((x_hi, x_hi, x_lo), dim=-1).flatten(0, -2)

@@ -25,9 +25,7 @@ class Process(ABC):
     """True when the points live on S^2 (the density is taken there); False for the R^3 processes."""
     likelihood_step_power: int = 1
     """Fixed-step likelihood solves take equal steps in q with t = t_start + (t_end - t_start) warp(q)
-    (geodemo.likelihood.time_warp): powers above 1 put the steps near the data end, below -1 near the noise end.
-    diffusion_r3 keeps 1: steps dense at its noise end (power -2) were more accurate on the shipped model (32 RK4
-    steps: 0.024 nats max off instead of 0.056) but its map's check doubled more often (51.8 s instead of 44.2 s)."""
+    (geodemo.likelihood.time_warp): powers above 1 put the steps near the data end, below -1 near the noise end."""
 
     @abstractmethod
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
@@ -86,6 +84,10 @@ class DiffusionR3(AmbientProcess):
     ode_end_gamma = 1e-3
     """The VP ODE amplifies the network's error by 1/sqrt(gamma) near gamma = 0: stop at 1e-3, where the
     marginal is N(0, (1 - 2 gamma / 3) I) up to O(gamma^2)."""
+    likelihood_step_power = 1
+    """Equal steps: steps dense at the noise end, where the VP field grows as 1 / gamma (power -2), were more accurate
+    on the shipped model (32 RK4 steps: 0.024 nats max off instead of 0.056), but its map's check then doubled more
+    often (51.8 s instead of 44.2 s; benchmarks/README.md)."""
 
     def interpolate(self, x0, noise, gamma):
         g = gamma.unsqueeze(-1)

@@ -12,7 +12,7 @@ import torch
 
 from geodemo.acceleration import graphs_allowed
 from geodemo.guidance import guidance_batch
-from geodemo.network import GeoDenoiser, Modulations, Precision, tf32_matmuls
+from geodemo.network import GeoDenoiser, Modulations, Precision
 from geodemo.point_pass import GuidedPointPass
 from geodemo.processes import Process
 from geodemo.schedules import Schedule
@@ -86,11 +86,10 @@ def run_steps(network: GeoDenoiser, process: Process, gammas: torch.Tensor, mods
     """len(gammas) - 1 sampler steps from gamma_0 to gamma_K given their modulations stacked (K, rows, 1, dim);
     appends every new state to `states` when it is a list."""
     predict = GuidedPointPass(network, mods, weights, precision, guidance)
-    with tf32_matmuls(precision == "tf32"):
-        for k in range(len(gammas) - 1):
-            y = process.step(y, predict(k, y), gammas[k], gammas[k + 1])
-            if states is not None:
-                states.append(y)
+    for k in range(len(gammas) - 1):
+        y = process.step(y, predict(k, y), gammas[k], gammas[k + 1])
+        if states is not None:
+            states.append(y)
     return y
 
 

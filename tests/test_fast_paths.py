@@ -137,7 +137,7 @@ def test_default_samples_stay_within_a_hundredth_of_a_degree_of_float32(process)
 
 
 def test_tf32_sampling_restores_the_matmul_flag():
-    """precision="tf32" turns TF32 matmuls on for its step loop only (tf32_matmuls), also when the loop fails."""
+    """precision="tf32" turns TF32 matmuls on for its products only (tf32_matmuls), also when one fails."""
     net = random_network(dim=32, depth=2, cond_dim=8, seed=15, scale=0.5)
     emb = torch.randn(1, 8)
     before = torch.backends.cuda.matmul.allow_tf32
