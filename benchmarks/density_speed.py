@@ -155,7 +155,7 @@ def main() -> None:
     if cuda:
         rates["bf16"] = matmul_rate(device, torch.bfloat16, n=8192)
         rates["bf16x3"] = rates["bf16"] / 3
-    presets = {a: accuracy_options(a, device) for a in args.accuracies}
+    presets = {a: accuracy_options(a, device, radial=not on_sphere) for a in args.accuracies}
     print(f"device: {card}; torch {torch.__version__}; model {args.model} (dim {model.config.dim}, depth "
           f"{model.config.depth}, weights sha256 {model.weights_sha}); matmul "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)

@@ -23,7 +23,7 @@ from geodemo.processes import AmbientProcess, Process
 from geodemo.sampling import step_modulations
 from geodemo.schedules import Schedule
 from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
-from geodemo.tangent_pass import TangentPointPass
+from geodemo.tangent_pass import TangentPointPass, fast_bf16_cpu
 
 DensityGeometry = Literal["riemannian", "ambient"]
 """How the RFM density is taken: on S^2 (the field projected on the tangent plane) or in R^3 (the authors' way)."""
@@ -43,8 +43,9 @@ Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
 2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
 (fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
-10 nats of its maximum, measured on the shipped models; over-estimated far below it; on a CPU the doubling stops at
-CPU_MAP_MAX_STEPS)."""
+10 nats of its maximum, measured on the shipped models' Nile view; up to 0.07-0.08 nats at samples of other views,
+benchmarks/map_precision.py; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS; the
+blocks' products in bfloat16 on CUDA and on CPUs with bf16 instructions, fast_bf16_cpu)."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,12 @@ CPU_DEFAULT_TOLERANCE = 5e-7
 the authors' max error (dim 256, 10-degree grid); at 5e-7 it is 3x smaller than theirs and still 1.26x faster."""
 
 
-def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptions:
+def accuracy_options(accuracy: Accuracy, device: torch.device | str, radial: bool = False) -> ODEOptions:
     """The preset for `accuracy` on `device`. On CUDA the blocks' matmuls run on tensor cores (bf16x3: float32
     accuracy, for "default"; one bf16 product, for "map") in a compiled pass with the whole grid in few chunks; on
-    a CPU in float32, eager."""
+    a CPU eager, in float32, except an R^3 process's map (radial: 3 tangents at each of its radial nodes) where the
+    cores have bf16 instructions: its products in bfloat16 (geodemo.tangent_pass; the map 1.4x faster, within 0.03
+    nats of float32 on the shipped models; the S^2 map gained nothing and lost 0.04 nats; benchmarks/README.md)."""
     cuda = torch.device(device).type == "cuda"
     compiled = compile_allowed(device)
     if accuracy == "default":
@@ -101,7 +104,7 @@ def accuracy_options(accuracy: Accuracy, device: torch.device | str) -> ODEOptio
                           chunk_size=1 << 17 if cuda else 8192)
     if accuracy == "map":
         return ODEOptions(method="rk4", steps=32, radial_nodes=4, radial_rule="hermite",
-                          precision="bf16" if cuda else "native", compile=compiled,
+                          precision="bf16" if cuda or (radial and fast_bf16_cpu()) else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 4096, check_points=8, screen_steps=8,
                           max_steps=2048 if cuda else CPU_MAP_MAX_STEPS)
     raise ValueError(f"accuracy must be 'default' or 'map', got {accuracy!r}")
@@ -224,8 +227,8 @@ class ODEField:
     hand-written forward-mode pass carrying the tangent directions beside the activations (3 in R^3; 2 on the
     sphere, where the field depends on y/|y| only, so the radial direction adds 0 to the trace), with the
     conditioning computed once per image and time (`terms`: a fixed-step solve's stage times all at once): on a CPU
-    in the network's dtype geodemo.tangent_pass's (first block folded through the input layer, primal and tangents
-    stacked), else GeoDenoiser.jvp_modulated; any other network goes through field_and_divergence.
+    with "native" or "bf16" products geodemo.tangent_pass's (first block folded through the input layer, primal and
+    tangents stacked), else GeoDenoiser.jvp_modulated; any other network goes through field_and_divergence.
     precision="bf16x3" runs the blocks' matmuls as three bfloat16 products (geodemo.network.hidden_product);
     compile=True hands jvp_modulated to torch.compile (fused elementwise work; one compilation per input shape).
     Relies on process.velocity(y, pred, gamma) being linear in (y, pred), true of all three processes.
@@ -239,8 +242,8 @@ class ODEField:
         if not isinstance(network, GeoDenoiser):
             if precision != "native" or compile:
                 raise ValueError("precision and compile apply to a GeoDenoiser only")
-        elif precision == "native" and not compile and network.initial_mapper.weight.device.type == "cpu":
-            self.tangent_pass = TangentPointPass(network)
+        elif precision in ("native", "bf16") and not compile and network.initial_mapper.weight.device.type == "cpu":
+            self.tangent_pass = TangentPointPass(network, precision)
         else:
             jvp = compiled_jvp() if compile else GeoDenoiser.jvp_modulated
             self._jvp = functools.partial(jvp, network, weights=network.hidden_weights(precision), precision=precision)
@@ -362,7 +365,10 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     unknown = set(options) - set(asdict(ODEOptions()))
     if unknown:
         raise TypeError(f"unknown log_density options {sorted(unknown)}")
-    opts = replace(accuracy_options(accuracy, xyz.device), **options)
+    opts = accuracy_options(accuracy, xyz.device, radial=not process.on_sphere)
+    if not isinstance(network, GeoDenoiser):  # the presets' speed options are a GeoDenoiser's; explicit ones are checked
+        opts = replace(opts, precision="native", compile=False)
+    opts = replace(opts, **options)
     if not (0 <= t_start < 1 and (process.on_sphere or t_start == 0)):
         raise ValueError(f"t_start must be in [0, 1) for the Riemannian flow and 0 otherwise, got {t_start}")
     if geometry not in ("riemannian", "ambient"):

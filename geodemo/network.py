@@ -87,7 +87,8 @@ Precision = Literal["native", "bf16x3", "bf16", "tf32"]
 """How the blocks' matmuls run: in the weights' own dtype, as three bfloat16 products (bf16x3_weight; float32
 accuracy), as one bfloat16 product with float32 accumulation (relative error ~2^-8), or as one TF32 product (CUDA,
 inside tf32_matmuls; relative error ~2^-11); the rest of the pass (inputs, LayerNorms, activations, output) stays in
-the weights' dtype."""
+the weights' dtype. On a CPU "bf16" is emulated in float32 (hidden_product), except in the log-density's tangent pass
+(geodemo.tangent_pass: real bfloat16 products and outputs)."""
 
 
 @contextlib.contextmanager

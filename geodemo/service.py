@@ -207,7 +207,7 @@ def image_truth(loaded: LoadedImage) -> tuple[tuple[float, float] | None, str]:
 def density_options(pipe: GeoPipeline) -> dict:
     """The map's ODE options for this model on its device, written out (DENSITY_ODE's preset; the radial
     quadrature only for the R^3 processes)."""
-    options = asdict(accuracy_options(DENSITY_ODE, pipe.device))
+    options = asdict(accuracy_options(DENSITY_ODE, pipe.device, radial=not pipe.process.on_sphere))
     if pipe.process.on_sphere:
         del options["radial_nodes"], options["radial_rule"]
     return options

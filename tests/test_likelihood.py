@@ -187,16 +187,19 @@ def reference_log_density(net: nn.Module, emb: torch.Tensor, xyz: torch.Tensor, 
 
 
 @pytest.mark.parametrize("guidance", [0.0, 1.0])
-def test_default_and_map_log_densities_are_within_their_stated_errors(guidance):
+@pytest.mark.parametrize("map_precision", ["native", "bf16"])
+def test_default_and_map_log_densities_are_within_their_stated_errors(guidance, map_precision):
     """Against float64 dopri5 (1e-8) on a small random network: the default (float32 dopri5, 5e-7 on a CPU, every
     point's own error in the tolerance) within 3e-3 nats (measured 3.5e-4 / 1.9e-3), the map mode (RK4, 32 steps,
-    step doubling checked) within 0.05 nats where log p is within 10 nats of its maximum (measured 0.016)."""
+    step doubling checked) within 0.05 nats where log p is within 10 nats of its maximum (measured 0.016), with its
+    products in float32 or in bfloat16 (the CPU preset where the cores have bf16 instructions)."""
     net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.5)
     emb, xyz = torch.randn(1, 8), project(torch.randn(1, 12, 3))
     exact = reference_log_density(net, emb, xyz, guidance)
     net.float()
     default = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=guidance).double()
-    drawn = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=guidance, accuracy="map").double()
+    drawn = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, guidance=guidance, accuracy="map",
+                        precision=map_precision).double()
     assert (default - exact).abs().max() < 3e-3
     near = exact >= exact.max() - 10
     assert (drawn - exact)[near].abs().max() < 0.05
@@ -266,6 +269,7 @@ def test_presets_and_options_are_checked():
     assert accuracy_options("map", "cpu").method == "rk4" and accuracy_options("map", "cpu").check_points > 0
     assert accuracy_options("default", "cpu").method == "dopri5"
     assert accuracy_options("default", "cuda").precision == "bf16x3"
+    assert accuracy_options("default", "cpu").precision == "native"
     with pytest.raises(ValueError, match="accuracy"):
         accuracy_options("fast", "cpu")
     net = random_network()
@@ -342,3 +346,25 @@ def test_r3_map_check_that_never_passes_doubles_both_axes_to_the_bound(monkeypat
     log_density(random_network(dim=16, depth=1, cond_dim=8), FlowR3(), SCHEDULE, torch.randn(1, 8), xyz,
                 accuracy="map", check_tolerance=-1.0, max_steps=64)
     assert solves == [(8, 4), (32, 4), (64, 8), (64, 4), (32, 8), (64, 8)]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_cpu_map_preset_takes_bf16_products_only_where_the_cores_have_them(monkeypatch, fast):
+    """On a CPU the R^3 map's products run in bfloat16 where the cores have bf16 instructions; elsewhere oneDNN
+    emulates them, slower than float32, and the preset keeps float32."""
+    monkeypatch.setattr(likelihood, "fast_bf16_cpu", lambda: fast)
+    assert accuracy_options("map", "cpu", radial=True).precision == ("bf16" if fast else "native")
+    assert accuracy_options("map", "cpu").precision == "native"  # the S^2 map: no faster, less accurate
+    assert accuracy_options("map", "cuda").precision == "bf16"
+
+
+def test_r3_map_with_bf16_products_agrees_with_float32():
+    """The R^3 map's radial solves (3 tangents per node) with bfloat16 products against the same solves in float32:
+    within the map's 0.05 nats where log p is within 10 nats of its maximum (measured 3e-4), and truly bfloat16."""
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.5)
+    emb, xyz = torch.randn(1, 8), project(torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(2)))
+    values = {precision: log_density(net, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", precision=precision,
+                                     check_points=0)[0].double() for precision in ("native", "bf16")}
+    near = values["native"] >= values["native"].max() - 10
+    gap = (values["bf16"] - values["native"])[near].abs().max()
+    assert 1e-5 < gap < 0.05
