@@ -77,6 +77,25 @@ class ODEOptions:
     none is left (a grid that misses a sharp peak can end up solving all); 0: no screening."""
 
 
+@dataclass
+class CheckReport:
+    """What the fixed-step presets' step-doubling checks found over the log_density calls given it (e.g. a map's
+    levels). gap: the largest disagreement (nats) at the check points between the settings kept and a finer solve
+    of them, or, where the doubling bound (max_steps) stopped the doubling, between the last two settings tried;
+    settled: every check agreed within its tolerance; steps / radial_nodes: the finest settings kept (0: none
+    checked; radial_nodes 0 on S^2)."""
+
+    gap: float = 0.0
+    settled: bool = True
+    steps: int = 0
+    radial_nodes: int = 0
+
+    def record(self, gap: float, settled: bool, steps: int, radial_nodes: int) -> None:
+        """One check's outcome for the settings kept."""
+        self.gap, self.settled = max(self.gap, gap), self.settled and settled
+        self.steps, self.radial_nodes = max(self.steps, steps), max(self.radial_nodes, radial_nodes)
+
+
 CPU_MAP_MAX_STEPS = 64
 """The "map" preset's doubling on a CPU stops at 64 steps and 8 radial nodes: one doubling of each past the 32-step,
 4-node solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
@@ -346,7 +365,7 @@ def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma:
 def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor, xyz: torch.Tensor,
                 guidance: float = 0.0, geometry: DensityGeometry = "riemannian", accuracy: Accuracy = "default",
                 radial_sigma: float = 0.02, t_start: float = 0.0, known_max: torch.Tensor | None = None,
-                **options) -> torch.Tensor:
+                report: CheckReport | None = None, **options) -> torch.Tensor:
     """log p(xyz | emb) in nats per steradian, shape (B, M). emb (B, C), xyz (B, M, 3) unit vectors.
 
     geometry="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
@@ -361,6 +380,7 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     noise end t = 1 (0: the model's density); the R^3 processes set their time by radial_sigma instead.
     known_max (B,): the rows' highest log p known from earlier solves (a map's other cells, the samples): the
     fixed-step presets' screening and check measure "near the maximum" from it when it exceeds these points' own.
+    report: a CheckReport that the step-doubling check adds its outcome to (fixed-step solves with check_points).
     """
     unknown = set(options) - set(asdict(ODEOptions()))
     if unknown:
@@ -414,17 +434,27 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
             break
         logp[:, near] = solve(xyz[:, near], opts)
         solved |= near
-    first = opts
+    first, failed_gap = opts, None
+
+    def record(gap: float, settled: bool) -> None:
+        if report is not None:
+            report.record(gap, settled, opts.steps or 0, 0 if process.on_sphere else opts.radial_nodes)
+
     while opts.check_points:  # the check points solved finer (doublings) must agree with their current values
         index = check_indices(logp, opts.check_points, known_max)
         candidates = doublings(opts, first, radial=not process.on_sphere)
         if index.shape[1] == 0 or not candidates:
+            if failed_gap is not None:  # the bound stopped the doubling after a failed check
+                record(failed_gap, False)
             break
         points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
         finest = replace(opts, **{k: v for change in candidates for k, v in change.items()})
         finest_logp = solve(points, finest)
-        if (finest_logp - logp.gather(1, index)).abs().max() <= opts.check_tolerance:
+        gap = float((finest_logp - logp.gather(1, index)).abs().max())
+        if gap <= opts.check_tolerance:
+            record(gap, True)
             break
+        failed_gap = gap
         opts = cheapest_agreeing(solve, points, opts, candidates, finest, finest_logp) if len(candidates) > 1 \
             else finest
         near = relevant_columns(logp, known_max)

@@ -22,7 +22,7 @@ from geodemo.checkpoint import CheckpointError
 from geodemo.examples import known_location
 from geodemo.hub import official_model, official_models
 from geodemo.images import LoadedImage, load_image
-from geodemo.likelihood import accuracy_options
+from geodemo.likelihood import CheckReport, accuracy_options
 from geodemo.paths import ASSETS_DIR
 from geodemo.pipeline import GeoPipeline, Prediction, load
 from geodemo.processes import AmbientProcess
@@ -214,28 +214,32 @@ def density_options(pipe: GeoPipeline) -> dict:
 
 
 def density_stages(pipe: GeoPipeline, embedding: torch.Tensor, samples: torch.Tensor, scored: torch.Tensor,
-                   guidance: float = DENSITY_GUIDANCE, **map_options) -> Iterator[tuple[DensityCells, torch.Tensor]]:
+                   guidance: float = DENSITY_GUIDANCE, **map_options
+                   ) -> Iterator[tuple[DensityCells, torch.Tensor, CheckReport]]:
     """The progressive log-density map of one image: coarse grid, then refinements where the mass is and around
     the (N, 2) samples.
 
-    Yields (cells, log p of the (K, 2) `scored` points). The scored points ride along in the coarse grid's ODE
+    Yields (cells, log p of the (K, 2) `scored` points, what the step-doubling checks of the levels so far found).
+    The scored points ride along in the coarse grid's ODE
     solve: on a CPU one solve costs about the same for a hundred points or a few hundred. Each level's solve knows
     the highest log p found so far (known_max): its cells far below it are only screened (accuracy_options "map").
     map_options: coarse_deg, levels, max_cells_per_level (defaults: MAP_OPTIONS)."""
     options = density_options(pipe)
     scored_logp: list[torch.Tensor] = []
     highest = torch.tensor([-math.inf])
+    report = CheckReport()
 
     def evaluate(latlon: torch.Tensor) -> torch.Tensor:
         points = latlon if scored_logp else torch.cat((latlon, scored.to(latlon.dtype)))
-        logp = pipe.log_density(points, embeddings=embedding, guidance=guidance, known_max=highest, **options)[0]
+        logp = pipe.log_density(points, embeddings=embedding, guidance=guidance, known_max=highest, report=report,
+                                **options)[0]
         highest.copy_(torch.maximum(highest, logp.max()))
         if not scored_logp:
             scored_logp.append(logp[len(latlon):])
         return logp[:len(latlon)]
 
     for cells in progressive_density(evaluate, samples=samples, **{**MAP_OPTIONS, **map_options}):
-        yield cells, scored_logp[0]
+        yield cells, scored_logp[0], replace(report)
 
 
 def guided_samples(pipe: GeoPipeline, embedding: torch.Tensor, request: Request, samples: torch.Tensor,
@@ -297,13 +301,14 @@ def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request,
     k = min(max(0, scored), len(samples))
     points = torch.cat((samples[:k], guided)) if guided is not None else samples[:k]
 
-    def stage(logp: torch.Tensor | None = None, cells: DensityCells | None = None, **fields) -> Stage:
+    def stage(logp: torch.Tensor | None = None, cells: DensityCells | None = None,
+              check: CheckReport | None = None, **fields) -> Stage:
         drawn = logp[:k] if logp is not None and k else None
         pool = logp[k:] if logp is not None and guided is not None else None
         summary = summarize(samples, drawn, cells, truth=truth, truth_source=truth_source, guided=guided,
                             guided_log_density=pool, sample_guidance=request.guidance,
                             point_guidance=POINT_GUIDANCE if guided is not None else None,
-                            region_temperature=pipe.region_temperature)
+                            region_temperature=pipe.region_temperature, map_check=check)
         return Stage(samples, summary, guided=guided, sample_log_density=drawn, guided_log_density=pool, cells=cells,
                      **fields)
 
@@ -315,8 +320,8 @@ def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request,
         options = {**MAP_OPTIONS, **(map_options or {})}
         near = torch.cat((samples, guided)) if guided is not None else samples
         last = None
-        for level, (cells, logp) in enumerate(density_stages(pipe, embedding, near, points, **options)):
-            last = stage(logp, cells, level=level, levels=options["levels"], final=level >= options["levels"])
+        for level, (cells, logp, check) in enumerate(density_stages(pipe, embedding, near, points, **options)):
+            last = stage(logp, cells, check, level=level, levels=options["levels"], final=level >= options["levels"])
             yield last
         if not last.final:  # the refinement stopped early: the last map is the answer
             yield replace(last, final=True)

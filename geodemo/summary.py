@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from geodemo.adaptive_density import DensityCells
+from geodemo.likelihood import CheckReport
 from geodemo.metrics import geoscore, kde_scores, pairwise_haversine_km
 from geodemo.places import OCEAN, Place, countries, country_index, nearest_places
 from geodemo.regions import credible_region
@@ -117,6 +118,8 @@ class Summary:
     """The map's 50% / 90% highest-density regions (empty without a map)."""
     region_temperature: float = 1.0
     """The calibration temperature T the regions were drawn with: they are those of p^(1/T) (1 = of p)."""
+    map_check: CheckReport | None = None
+    """What the map's step-doubling checks found (None: no map, or no check ran)."""
 
     @property
     def provisional(self) -> bool:
@@ -159,6 +162,8 @@ class Summary:
         lines += [f"- {c.country}: {c.probability:.1%}" for c in self.countries]
         if self.density_integral is not None:
             lines += ["", integral_sentence(self.density_integral)]
+        if self.map_check is not None and self.map_check.steps:
+            lines += ["", check_sentence(self.map_check)]
         lines += [f"> {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -169,6 +174,19 @@ def integral_sentence(integral: float) -> str:
         return f"Integral of the density over the sphere on the map's grid: {integral:.3f} (a density integrates to 1)."
     return (f"The map's grid sums the density to {integral:.2f}, not 1: its cells (and the fast ODE solve) are too "
             "coarse to integrate this density exactly, so the percentages above are shares of that sum.")
+
+
+def check_sentence(check: CheckReport) -> str:
+    """The map's accuracy near its peak as its step-doubling checks measured it, said plainly."""
+    settings = f"{check.steps} RK4 steps" + (f", {check.radial_nodes} radial nodes" if check.radial_nodes else "")
+    halved = "half the steps" + (" or nodes" if check.radial_nodes else "")
+    if check.settled:
+        finer = "twice the steps" + (" and nodes" if check.radial_nodes else "")
+        return (f"Map accuracy: near the peak, the map's solve ({settings}) agreed within {check.gap:.2f} nats with "
+                f"a solve of {finer} at every level.")
+    return (f"Map accuracy: not verified at every level. The step-doubling check stopped at this device's bound "
+            f"({settings}), where the solve still differed by up to {check.gap:.2f} nats near the peak from a solve "
+            f"with {halved}; the map shows the finer one, whose own error was not measured.")
 
 
 def _format_latlon(lat: float, lon: float) -> str:
@@ -247,7 +265,8 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
               truth_source: str = "EXIF GPS", max_modes: int = 3, top_countries: int = 5,
               radius_km: float = MODE_RADIUS_KM, guided: torch.Tensor | None = None,
               guided_log_density: torch.Tensor | None = None, sample_guidance: float | None = None,
-              point_guidance: float | None = None, region_temperature: float = 1.0) -> Summary:
+              point_guidance: float | None = None, region_temperature: float = 1.0,
+              map_check: CheckReport | None = None) -> Summary:
     """Summary of (N, 2) degree samples of one image, using the log-densities (K,) of the first K <= N samples
     and the density cells when given. guided: (G, 2) degrees drawn at point_guidance, the best guess's pool
     (with guided_log_density (G,) once known); without it the pool is the drawn samples. region_temperature: the
@@ -300,6 +319,7 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
         density_integral=cells.total_mass() if cells is not None else None,
         regions=region_summaries(cells, truth, temperature=region_temperature) if cells is not None else [],
         region_temperature=region_temperature,
+        map_check=map_check if cells is not None else None,
     )
     if truth is not None:
         true = torch.tensor(truth, dtype=torch.float64)

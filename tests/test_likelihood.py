@@ -8,7 +8,7 @@ from torch import nn
 from conftest import random_network
 from geodemo.grids import integrate, latlon_grid
 from geodemo import likelihood
-from geodemo.likelihood import (ODEField, accuracy_options, check_indices, doublings, field_and_divergence, fixed_steps,
+from geodemo.likelihood import (CheckReport, ODEField, accuracy_options, check_indices, doublings, field_and_divergence, fixed_steps,
                                 log_density, r3_log_density, radial_quadrature, relevant_columns, t_at_gamma,
                                 time_warp)
 from geodemo.processes import DiffusionR3, FlowR3, RiemannianFlowS2
@@ -306,9 +306,12 @@ def test_step_doubling_stops_at_max_steps_whatever_the_check_says(monkeypatch, m
     monkeypatch.setattr(likelihood, "fixed_steps", lambda *args: steps.append(args[4]) or solve(*args))
     net = random_network(dim=16, depth=1, cond_dim=8)
     xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(1)))
+    report = CheckReport()
     log_density(net, RiemannianFlowS2(), SCHEDULE, torch.randn(1, 8), xyz, accuracy="map", check_tolerance=-1.0,
-                max_steps=max_steps, screen_steps=0)
+                max_steps=max_steps, screen_steps=0, report=report)
     assert max(steps) == max_steps and steps.count(max_steps) >= (1 if max_steps == 32 else 2)
+    assert (report.steps, report.radial_nodes, report.settled) == ((0, 0, True) if max_steps == 32  # no check ran
+                                                                    else (max_steps, 0, False))
     assert accuracy_options("map", "cpu").max_steps == 2 * accuracy_options("map", "cpu").steps
 
 
@@ -335,17 +338,27 @@ def test_r3_map_check_doubles_only_the_radial_nodes_when_they_hold_the_error(mon
     steps agree with it, so the map keeps 32 steps, and the next check (64 steps) passes."""
     solves = record_r3_solves(monkeypatch)
     xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)))
-    log_density(LinearField("flow_r3", 0.5), FlowR3(), SCHEDULE, torch.zeros(1, 8), xyz, accuracy="map")
+    report = CheckReport()
+    log_density(LinearField("flow_r3", 0.5), FlowR3(), SCHEDULE, torch.zeros(1, 8), xyz, accuracy="map", report=report)
     assert solves == [(8, 4), (32, 4), (64, 8), (64, 4), (32, 8), (32, 8), (64, 8)]
     #                 screen, solve,   check,   each axis alone,     re-solve, check
+    assert report.settled and report.gap <= 0.04 and (report.steps, report.radial_nodes) == (32, 8)
 
 
 def test_r3_map_check_that_never_passes_doubles_both_axes_to_the_bound(monkeypatch):
+    """A check that never passes (tolerance -1): both axes doubled once, to the bound; the report says the last
+    check failed there, with the gap it measured, and which settings the values come from; a second call adds to it."""
     solves = record_r3_solves(monkeypatch)
     xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)))
-    log_density(random_network(dim=16, depth=1, cond_dim=8), FlowR3(), SCHEDULE, torch.randn(1, 8), xyz,
-                accuracy="map", check_tolerance=-1.0, max_steps=64)
+    report = CheckReport()
+    network, emb = random_network(dim=16, depth=1, cond_dim=8), torch.randn(1, 8)
+    log_density(network, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", check_tolerance=-1.0, max_steps=64,
+                report=report)
     assert solves == [(8, 4), (32, 4), (64, 8), (64, 4), (32, 8), (64, 8)]
+    assert not report.settled and report.gap > 0 and (report.steps, report.radial_nodes) == (64, 8)
+    gap = report.gap
+    log_density(network, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", report=report)
+    assert not report.settled and report.gap >= gap
 
 
 @pytest.mark.parametrize("fast", [True, False])

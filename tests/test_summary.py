@@ -11,8 +11,9 @@ import torch
 from geodemo.adaptive_density import progressive_density
 from geodemo.places import countries, country_names, nearest_places
 from geodemo.metrics import kde_scores
-from geodemo.summary import (country_odds_from_cells, export_rows, find_modes, integral_sentence, summarize, to_csv,
-                             to_geojson)
+from geodemo.likelihood import CheckReport
+from geodemo.summary import (check_sentence, country_odds_from_cells, export_rows, find_modes, integral_sentence, summarize,
+                             to_csv, to_geojson)
 from geodemo.sphere import latlon_to_xyz, sample_vmf, vmf_log_density, xyz_to_latlon
 
 
@@ -119,6 +120,20 @@ def test_modes_are_sorted_by_probability_and_tiny_shares_are_not_listed():
     assert abs(shares[0] - 0.8 * inside) < 0.03 and abs(shares[1] - 0.2 * inside) < 0.03
     assert all(c.probability >= 0.0005 for c in summary.countries)
     assert "0.0%" not in summary.to_markdown() and " — 0%" not in summary.to_markdown()
+
+
+def test_the_map_accuracy_says_what_the_checks_measured():
+    settled = check_sentence(CheckReport(gap=0.012, settled=True, steps=32, radial_nodes=4))
+    assert "(32 RK4 steps, 4 radial nodes) agreed within 0.01 nats" in settled and "twice the steps and nodes" in settled
+    stopped = check_sentence(CheckReport(gap=0.47, settled=False, steps=64))
+    assert stopped.startswith("Map accuracy: not verified") and "(64 RK4 steps)" in stopped
+    assert "up to 0.47 nats" in stopped and "with half the steps;" in stopped and "nodes" not in stopped
+    cells = next(progressive_density(lambda latlon: -latlon[:, 0].abs(), coarse_deg=30.0))
+    samples = torch.tensor([[10.0, 20.0], [12.0, 21.0]], dtype=torch.float64)
+    shown = summarize(samples, cells=cells, map_check=CheckReport(gap=0.02, steps=32)).to_markdown()
+    assert "Map accuracy: near the peak, the map's solve (32 RK4 steps) agreed within 0.02 nats" in shown
+    assert "Map accuracy" not in summarize(samples, cells=cells).to_markdown()
+    assert summarize(samples, map_check=CheckReport(steps=32)).map_check is None  # no map, no map accuracy
 
 
 def test_the_integral_is_shown_as_a_number_only_near_one():
