@@ -10,17 +10,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torchdiffeq import odeint
 
 from geodemo.acceleration import compile_allowed
-from geodemo.guidance import guided_output, guided_prediction, repeat_for_guidance
+from geodemo.guidance import guidance_batch, guided_output, guided_prediction, repeat_for_guidance
 from geodemo.network import GeoDenoiser, Modulations, Precision
 from geodemo.processes import AmbientProcess, Process
-from geodemo.sampling import step_modulations
+from geodemo.sampling import MODULATION_BYTES, step_modulations
 from geodemo.schedules import Schedule
 from geodemo.sphere import LOG_SPHERE_AREA, project, project_tangent, tangent_basis
 from geodemo.tangent_pass import TangentPointPass, fast_bf16_cpu
@@ -194,9 +194,9 @@ def fixed_steps(fun: Callable[[Any, torch.Tensor], torch.Tensor], state: torch.T
     t = t_start + (t_end - t_start) warp(q) (time_warp with `power`; 1: equal steps in t):
     k_i = t'(q + c_i h) fun(t(q + c_i h), state + h sum_j a_ij k_j), state += h sum_i b_i k_i, h = 1 / steps.
 
-    The stage times are known in advance: prepare maps all of them, (steps * stages,) in order, to what fun takes as
-    its time in one call (ODEField.terms: the network's time conditioning of every stage at once); without it fun
-    takes the 0-d times."""
+    The stage times are known in advance: prepare(times, widths) maps all of them, (steps * stages,) in order, with
+    the width in t of each one's step, to what fun takes as its time in one call (ODEField.terms: the network's
+    time conditioning of every stage at once); without it fun takes the 0-d times."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     a, b = RUNGE_KUTTA[method]
@@ -206,7 +206,9 @@ def fixed_steps(fun: Callable[[Any, torch.Tensor], torch.Tensor], state: torch.T
     warp, slope = time_warp(q, power)
     times = (t_start + (t_end - t_start) * warp).to(dtype=state.dtype, device=state.device)
     rates = ((t_end - t_start) * slope).tolist()
-    stage_times = iter(prepare(times) if prepare else times.unbind())
+    edges = time_warp(torch.arange(steps + 1, dtype=torch.float64) * h, power)[0]
+    widths = (abs(t_end - t_start) * edges.diff()).repeat_interleave(len(nodes)).to(times)
+    stage_times = iter(prepare(times, widths) if prepare else times.unbind())
     stage_rates = iter(rates)
     for _ in range(steps):
         ks = [next(stage_rates) * fun(next(stage_times), state)]
@@ -226,6 +228,27 @@ def time_warp(q: torch.Tensor, power: int) -> tuple[torch.Tensor, torch.Tensor]:
     if power > 0:
         return q.pow(power), power * q.pow(power - 1)
     return 1 - (1 - q).pow(-power), -power * (1 - q).pow(-power - 1)
+
+
+FILTER_SAMPLES = 16
+"""Midpoints per step at which filtered_modulations averages the time conditioning (8 and 32 gave the same errors
+within 0.01 nats on the shipped RFM model)."""
+
+
+def filtered_modulations(network: GeoDenoiser, schedule: Schedule, times: torch.Tensor, widths: torch.Tensor,
+                         emb: torch.Tensor, guidance: float) -> Iterator[Modulations]:
+    """Chunks (as geodemo.sampling.step_modulations, (K, rows, 1, dim) tensors) of the modulations averaged over
+    [t - w/2, t + w/2] (clipped to [0, 1]) for times t and widths w (K,): m_w(t) = (1/S) sum_j m(gamma(t + w ((j + 1/2)
+    / S - 1/2))), S = FILTER_SAMPLES (GeoDenoiser.averaged_modulations). The solve of dy/dt = f(y, m_w(t)) tends to
+    the exact one as the steps (w) shrink, and at a few dozen steps no longer aliases a conditioning that oscillates
+    faster than the steps."""
+    offsets = (torch.arange(FILTER_SAMPLES, dtype=torch.float64, device=times.device) + 0.5) / FILTER_SAMPLES - 0.5
+    conds = guidance_batch(emb, guidance)
+    per_time = FILTER_SAMPLES * conds.shape[0] * network.config.dim * 4 * 4  # cond, SiLU and the time embedder's
+    for part, part_widths in zip(*(x.split(max(1, MODULATION_BYTES // per_time)) for x in (times, widths))):
+        sub = (part.double().unsqueeze(1) + part_widths.double().unsqueeze(1) * offsets).clamp(0.0, 1.0)
+        gamma = schedule.gamma(sub.to(conds.dtype)).expand(conds.shape[0], -1, -1)
+        yield network.averaged_modulations(gamma, conds).map(lambda m: m.transpose(0, 1).unsqueeze(2))
 
 
 class FieldTerms(NamedTuple):
@@ -275,13 +298,17 @@ class ODEField:
         v = self.process.velocity(point, pred, gamma)
         return dgamma * (project_tangent(point, v) if self.on_sphere else v)
 
-    def terms(self, times: torch.Tensor) -> list[FieldTerms]:
+    def terms(self, times: torch.Tensor, widths: torch.Tensor | None = None) -> list[FieldTerms]:
         """FieldTerms at each of the 0-d times in times (K,), the modulations of all K in batched matmuls
-        (geodemo.sampling.step_modulations), and so the tangent pass's folded first blocks."""
+        (geodemo.sampling.step_modulations), and so the tangent pass's folded first blocks. widths (K,): the steps'
+        widths in t, over which a process with likelihood_time_filter averages the modulations
+        (filtered_modulations)."""
         gamma, dgamma = self.schedule.gamma(times), self.schedule.dgamma(times)
         mods, first = [None] * len(times), [None] * len(times)
         if isinstance(self.network, GeoDenoiser):
-            chunks = list(step_modulations(self.network, gamma, self.emb, self.guidance))
+            chunks = list(filtered_modulations(self.network, self.schedule, times, widths, self.emb, self.guidance)
+                          if widths is not None and self.process.likelihood_time_filter else
+                          step_modulations(self.network, gamma, self.emb, self.guidance))
             mods = [mods for chunk in chunks for mods in chunk.unbind()]
             if self.tangent_pass:
                 first = [terms for chunk in chunks for terms in self.tangent_pass.first_terms(chunk).unbind()]

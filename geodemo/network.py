@@ -220,6 +220,17 @@ class GeoDenoiser(nn.Module):
         scale, shift = self.final_adaln(cond).chunk(2, dim=-1)
         return Modulations(tuple(block.modulation(cond) for block in self.blocks), (1 + scale, shift))
 
+    def averaged_modulations(self, gamma: torch.Tensor, emb: torch.Tensor) -> Modulations:
+        """The modulations of (gamma, emb) averaged over gamma's last axis: gamma (B, K, S), emb (B, C) -> (B, K, dim)
+        tensors. Every adaLN map is Linear(SiLU(cond)), affine in SiLU(cond), so the mean of the modulations is the
+        map of the mean of SiLU(cond): one adaLN product per K instead of per K S."""
+        cond = self.cond_mapper(emb)[:, None, None] + self.time_embedder(gamma)
+        act = F.silu(cond).mean(2)
+        blocks = tuple((1 + scale, shift, gate) for scale, shift, gate in
+                       (block.ada_map[1](act).chunk(3, dim=-1) for block in self.blocks))
+        scale, shift = self.final_adaln[1](act).chunk(2, dim=-1)
+        return Modulations(blocks, (1 + scale, shift))
+
     def forward_modulated(self, y: torch.Tensor, mods: Modulations,
                           weights: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
                           precision: Precision = "native") -> torch.Tensor:

@@ -247,13 +247,14 @@ def test_screening_solves_far_points_coarsely_and_the_rest_fully(monkeypatch):
     monkeypatch.setattr(likelihood, "fixed_steps",
                         lambda *args: solves.append((args[4], args[1].shape[1])) or solve(*args))
     drawn = log_density(net, process, SCHEDULE, emb, xyz, guidance=4.0, method="rk4", steps=32, screen_steps=8)
+    drawn_solves = list(solves)
     screened = log_density(net, process, SCHEDULE, emb, xyz, guidance=4.0, method="rk4", steps=8)
     full = log_density(net, process, SCHEDULE, emb, xyz, guidance=4.0, method="rk4", steps=32)
-    assert solves[0] == (8, xyz.shape[1]) and {steps for steps, _ in solves[1:3]} == {32}
+    assert drawn_solves[0] == (8, xyz.shape[1]) and {steps for steps, _ in drawn_solves[1:]} == {32}
     kept = torch.isclose(drawn, screened, atol=1e-5)[0] & ~torch.isclose(drawn, full, atol=1e-3)[0]
     solved = torch.isclose(drawn, full, atol=1e-4)[0]
     assert (kept | solved).all() and 0 < kept.sum() and 0 < solved.sum()
-    assert sum(count for _, count in solves[1:3]) == int(solved.sum())
+    assert sum(count for _, count in drawn_solves[1:]) == int(solved.sum())
     assert drawn[0, kept].max() < drawn[0, solved].max() - likelihood.RELEVANT_NATS
     assert (full[0, kept] < full[0, solved].max() - likelihood.RELEVANT_NATS).all()  # truly far, too
     assert accuracy_options("map", "cpu").screen_steps < accuracy_options("map", "cpu").steps
@@ -381,3 +382,37 @@ def test_r3_map_with_bf16_products_agrees_with_float32():
     near = values["native"] >= values["native"].max() - 10
     gap = (values["bf16"] - values["native"])[near].abs().max()
     assert 1e-5 < gap < 0.05
+
+
+def test_filtered_modulations_average_the_conditioning_over_each_step():
+    """m_w(t) = mean of the modulations at FILTER_SAMPLES midpoints of [t - w/2, t + w/2] clipped to [0, 1], against
+    the network's own modulations at those times (float64), with guidance (two conditioning rows)."""
+    net = random_network(dim=16, depth=2, cond_dim=8, seed=3).double()
+    emb = torch.randn(1, 8, dtype=torch.float64)
+    times = torch.tensor([0.0, 0.3, 0.97], dtype=torch.float64)
+    widths = torch.tensor([0.1, 0.05, 0.2], dtype=torch.float64)
+    averaged = next(likelihood.filtered_modulations(net, SCHEDULE, times, widths, emb, 1.5))
+    offsets = (torch.arange(likelihood.FILTER_SAMPLES, dtype=torch.float64) + 0.5) / likelihood.FILTER_SAMPLES - 0.5
+    conds = torch.cat((emb, torch.zeros_like(emb)))
+    for k, (t, w) in enumerate(zip(times, widths)):
+        gammas = SCHEDULE.gamma((t + w * offsets).clamp(0, 1))
+        explicit = [net.modulations(g.repeat(2), conds) for g in gammas]
+        for got, parts in zip(averaged.blocks[1], zip(*(m.blocks[1] for m in explicit))):
+            assert got[k].shape == (2, 1, 16)
+            assert torch.allclose(got[k], torch.stack(parts).mean(0).view(2, 1, 16), rtol=1e-12, atol=1e-12)
+
+
+def test_filtered_time_conditioning_converges_faster_where_the_time_embedding_oscillates(monkeypatch):
+    """RK4 on S^2 against float64 dopri5 (1e-9): with the conditioning averaged over each step the error at 64 steps
+    is 6x smaller than sampled at the stage times (measured 0.0016 against 0.0099 nats) and still shrinks with the
+    steps (0.0011 at 128)."""
+    net = random_network(dim=32, depth=2, cond_dim=8, seed=4, scale=0.5).double()
+    emb = torch.randn(1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    xyz = project(torch.randn(1, 12, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)))
+    exact = log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, atol=1e-9, rtol=1e-9)
+    error = lambda steps: float((log_density(net, RiemannianFlowS2(), SCHEDULE, emb, xyz, method="rk4",  # noqa: E731
+                                             steps=steps) - exact).abs().max())
+    assert RiemannianFlowS2.likelihood_time_filter
+    filtered = {steps: error(steps) for steps in (64, 128)}
+    monkeypatch.setattr(RiemannianFlowS2, "likelihood_time_filter", False)
+    assert filtered[64] < error(64) / 3 and filtered[128] < filtered[64] < 0.003
