@@ -43,7 +43,7 @@ Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
 2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
 (fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
-10 nats of its maximum, measured on the shipped models' Nile view; up to 0.07-0.08 nats at samples of other views
+10 nats of its maximum, measured on the shipped models' Nile view; up to 0.06-0.08 nats at samples of other views
 and 0.35 on earth-diffusion's Hawaii view, benchmarks/map_precision.py; CheckReport says when the check stopped
 unverified; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS; the
 blocks' products in bfloat16 on CUDA and on CPUs with bf16 instructions, fast_bf16_cpu)."""

@@ -149,7 +149,8 @@ class RiemannianFlowS2(Process):
     likelihood_time_filter = True
     """The shipped model's field follows its time embedding's oscillation (sin/cos of 1000 gamma: about 160 periods
     over t in [0, 1]), which 32-64 RK4 steps alias: with the conditioning averaged over each step, 64 steps are
-    0.004-0.012 nats from a float64 dopri5 solve instead of 0.024-0.089 (benchmarks/README.md)."""
+    0.006-0.009 nats from a float64 dopri5 solve instead of 0.066-0.070 (3 views; benchmarks/README.md). Not on
+    the R^3 processes: no gain for flow_r3's map, a slower, less accurate one for diffusion_r3's."""
 
     def initial_noise(self, shape, generator=None, device=None, dtype=torch.float32):
         """Uniform points on S^2."""
