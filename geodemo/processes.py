@@ -27,8 +27,8 @@ class Process(ABC):
     """Fixed-step likelihood solves take equal steps in q with t = t_start + (t_end - t_start) warp(q)
     (geodemo.likelihood.time_warp): powers above 1 put the steps near the data end, below -1 near the noise end."""
     likelihood_time_filter: bool = False
-    """Fixed-step likelihood solves take each stage's time conditioning averaged over its step
-    (geodemo.likelihood.filtered_modulations) instead of sampled at the stage time."""
+    """Fixed-step likelihood solves of a GeoDenoiser take each stage's time conditioning averaged over its step
+    (geodemo.likelihood.filtered_modulations) instead of sampled at the stage time (other networks: sampled)."""
 
     @abstractmethod
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator | None = None,
