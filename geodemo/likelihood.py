@@ -99,10 +99,11 @@ class CheckReport:
 
 CPU_MAP_MAX_STEPS = 64
 """The "map" preset's doubling on a CPU stops at 64 steps and 8 radial nodes: one doubling of each past the 32-step,
-4-node solve. Measured on the shipped models (Nile view, against 128 steps): 64 steps are within 0.01-0.03 nats where
-32 steps were off by up to 0.09 (RFM) and 0.04 (earth-flow); further doublings there chase the float32 solve's
-own noise at 4x, 16x, ... the cost (earth-flow's complete map: more than 24 minutes on 2 cores without the cap).
-A rough field needs more: random dim-256 weights are 0.6 nats off at the cap (benchmarks/README.md)."""
+4-node solve. Measured on the shipped models (Nile view, against 128 steps, before the S^2 time filter and the
+flow's time warp): 64 steps were within 0.01-0.03 nats where 32 steps were off by up to 0.09 (RFM) and 0.04
+(earth-flow); further doublings cost 4x, 16x, ... (earth-flow's complete map: more than 24 minutes on 2 cores without
+the cap). Where the cap stops a failing check, CheckReport says so: earth-diffusion's Hawaii map (0.47 nats), random
+dim-256 weights (0.6 nats off at the cap; benchmarks/README.md)."""
 
 
 CPU_DEFAULT_TOLERANCE = 5e-7
