@@ -177,9 +177,9 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.mlp[3].weight)
         nn.init.zeros_(self.mlp[3].bias)
 
-    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(1 + scale, shift, gate) = split of Linear(SiLU(cond)), each (..., dim)."""
-        scale, shift, gate = self.ada_map(cond).chunk(3, dim=-1)
+    def modulation(self, activation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(1 + scale, shift, gate) = split of Linear(activation), activation = SiLU(cond), each (..., dim)."""
+        scale, shift, gate = self.ada_map[1](activation).chunk(3, dim=-1)
         return 1 + scale, shift, gate
 
 
@@ -202,11 +202,11 @@ class GeoDenoiser(nn.Module):
         self.final_linear = nn.Linear(dim, config.input_dim)
 
     def conditioning(self, gamma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """cond = Linear(emb) + TimeEmbedder(gamma): (B, 1, dim) for gamma (B,), (B, N, dim) for (B, N)."""
-        c = self.cond_mapper(emb).unsqueeze(1)
+        """cond = Linear(emb) + TimeEmbedder(gamma): (B, 1, dim) for gamma (B,), (B, N, dim) for (B, N), (B, K, S, dim)
+        for (B, K, S)."""
         if gamma.dim() == 1:
             gamma = gamma.unsqueeze(1)
-        return c + self.time_embedder(gamma)
+        return self.cond_mapper(emb).view(emb.shape[0], *(1,) * (gamma.dim() - 1), -1) + self.time_embedder(gamma)
 
     def forward(self, y: torch.Tensor, gamma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.forward_modulated(y, self.modulations(gamma.to(y.dtype), emb.to(y.dtype)))
@@ -216,20 +216,18 @@ class GeoDenoiser(nn.Module):
 
         gamma (B,) gives (B, 1, dim) tensors that broadcast over the points; gamma (B, N) gives (B, N, dim).
         """
-        cond = self.conditioning(gamma, emb)
-        scale, shift = self.final_adaln(cond).chunk(2, dim=-1)
-        return Modulations(tuple(block.modulation(cond) for block in self.blocks), (1 + scale, shift))
+        return self._modulations_of(F.silu(self.conditioning(gamma, emb)))
 
     def averaged_modulations(self, gamma: torch.Tensor, emb: torch.Tensor) -> Modulations:
         """The modulations of (gamma, emb) averaged over gamma's last axis: gamma (B, K, S), emb (B, C) -> (B, K, dim)
         tensors. Every adaLN map is Linear(SiLU(cond)), affine in SiLU(cond), so the mean of the modulations is the
         map of the mean of SiLU(cond): one adaLN product per K instead of per K S."""
-        cond = self.cond_mapper(emb)[:, None, None] + self.time_embedder(gamma)
-        act = F.silu(cond).mean(2)
-        blocks = tuple((1 + scale, shift, gate) for scale, shift, gate in
-                       (block.ada_map[1](act).chunk(3, dim=-1) for block in self.blocks))
-        scale, shift = self.final_adaln[1](act).chunk(2, dim=-1)
-        return Modulations(blocks, (1 + scale, shift))
+        return self._modulations_of(F.silu(self.conditioning(gamma, emb)).mean(2))
+
+    def _modulations_of(self, activation: torch.Tensor) -> Modulations:
+        """The blocks' and the head's adaLN maps of activation = SiLU(cond)."""
+        scale, shift = self.final_adaln[1](activation).chunk(2, dim=-1)
+        return Modulations(tuple(block.modulation(activation) for block in self.blocks), (1 + scale, shift))
 
     def forward_modulated(self, y: torch.Tensor, mods: Modulations,
                           weights: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
