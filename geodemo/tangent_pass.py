@@ -23,6 +23,7 @@ the output layer stay float32.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -41,6 +42,7 @@ def homogeneous(layer: torch.nn.Linear, dtype: torch.dtype | None = None) -> tor
     return torch.cat((layer.weight, layer.bias.unsqueeze(1)), dim=1).to(dtype).contiguous()
 
 
+@functools.cache
 def fast_bf16_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX); elsewhere oneDNN emulates
     them, slower than float32."""
