@@ -10,18 +10,26 @@ Usage: python benchmarks/likelihood_step_warp.py earth-flow 1,2 [--threads 1]
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import torch
 
 import geodemo
+from geodemo.examples import ExampleView, example_views
 from geodemo.images import load_image
 from geodemo.likelihood import log_density
+from geodemo.pipeline import GeoPipeline
 from geodemo.sphere import latlon_to_xyz
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = (8, 12, 16, 24, 32)
+
+
+def sample_points(pipe: GeoPipeline, view: ExampleView) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embedding (1, C), xyz (1, 16, 3)) of an example view: the model's 8 samples (w = 0, seed 0) and the same points
+    moved by (1.5, -1.0) degrees."""
+    emb = pipe.embed(load_image(view.path).image)
+    samples = pipe.predict(embeddings=emb, num_samples=8, guidance=0.0, seed=0).latlon[0].double()
+    points = torch.cat([samples, samples + torch.tensor([1.5, -1.0], dtype=torch.float64)])
+    return emb, latlon_to_xyz(points).float()[None]
 
 
 def main() -> None:
@@ -34,14 +42,11 @@ def main() -> None:
     pipe = geodemo.load(args.model, device="cpu")
     process_class = type(pipe.process)
     shipped = process_class.likelihood_step_power
-    images = json.loads((ROOT / "assets/examples/examples.json").read_text())
+    views = example_views()
     errors: dict[tuple[int, int], list[torch.Tensor]] = {}
     try:
-        for entry in images:
-            emb = pipe.embed(load_image(str(ROOT / "assets/examples" / entry["file"])).image)
-            samples = pipe.predict(embeddings=emb, num_samples=8, guidance=0.0, seed=0).latlon[0].double()
-            points = torch.cat([samples, samples + torch.tensor([1.5, -1.0], dtype=torch.float64)])
-            xyz = latlon_to_xyz(points).float()[None]
+        for view in views:
+            emb, xyz = sample_points(pipe, view)
 
             def solve(steps: int, power: int) -> torch.Tensor:
                 process_class.likelihood_step_power = power
@@ -54,7 +59,7 @@ def main() -> None:
                     errors.setdefault((power, steps), []).append((solve(steps, power) - reference).abs())
     finally:
         process_class.likelihood_step_power = shipped
-    print(f"{args.model}: {len(images)} images x 16 points, against 256 equal steps in t (shipped power {shipped})")
+    print(f"{args.model}: {len(views)} images x 16 points, against 256 equal steps in t (shipped power {shipped})")
     print(f"{'power':>6}{'steps':>6}{'max':>9}{'mean':>9}")
     for (power, steps), errs in sorted(errors.items()):
         e = torch.cat(errs)

@@ -6,25 +6,22 @@ log p by the "map" preset (RK4 screened at 8 steps, 32 steps, the step-doubling 
 RK4 with 512 steps (S^2) or 128 steps and the 16-node sinh radial rule (R^3) in the model's warped time, float32
 (on the shipped RFM model 512 float32 steps are within 1e-4 nats of 512 float64 ones, and 256 steps within 0.02).
 Only points within 10 nats of their image's highest log p count (the preset's claim: < 0.05 nats there).
-Usage: python benchmarks/map_precision.py [--models earth-flow ...] [--threads 1]
+Usage (repo root on PYTHONPATH): python benchmarks/map_precision.py [--models earth-flow ...] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 import geodemo
-from geodemo.images import load_image
+from benchmarks.likelihood_step_warp import sample_points
+from geodemo.examples import example_views
 from geodemo.likelihood import RELEVANT_NATS, log_density
-from geodemo.sphere import latlon_to_xyz
 from geodemo.tangent_pass import fast_bf16_cpu
 
-ROOT = Path(__file__).resolve().parent.parent
 PRECISIONS = ("native", "bf16")
 
 
@@ -34,7 +31,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    images = json.loads((ROOT / "assets/examples/examples.json").read_text())
+    views = example_views()
     print(f"bfloat16 matmul instructions on this CPU: {fast_bf16_cpu()}; torch threads {args.threads}")
     print(f"{'model':<17}{'points':>7}" + "".join(f"{p + ' err max':>16}{'mean':>7}{'time (s)':>10}"
                                                    for p in PRECISIONS) + f"{'bf16 - native max':>19}  worst view")
@@ -44,11 +41,8 @@ def main() -> None:
         worst = (0.0, "")
         gaps: list[torch.Tensor] = []
         seconds = dict.fromkeys(PRECISIONS, 0.0)
-        for entry in images:
-            emb = pipe.embed(load_image(str(ROOT / "assets/examples" / entry["file"])).image)
-            samples = pipe.predict(embeddings=emb, num_samples=8, guidance=0.0, seed=0).latlon[0].double()
-            points = torch.cat([samples, samples + torch.tensor([1.5, -1.0], dtype=torch.float64)])
-            xyz = latlon_to_xyz(points).float()[None]
+        for view in views:
+            emb, xyz = sample_points(pipe, view)
             reference = log_density(pipe.network, pipe.process, pipe.schedule, emb, xyz, method="rk4",
                                     steps=512 if pipe.process.on_sphere else 128, radial_nodes=16, radial_rule="sinh",
                                     check_points=0, screen_steps=0)[0]
@@ -61,7 +55,7 @@ def main() -> None:
                 seconds[precision] += time.perf_counter() - start
                 errors[precision].append((values[precision] - reference)[relevant].abs())
             gaps.append((values["bf16"] - values["native"])[relevant].abs())
-            worst = max(worst, (float(errors["native"][-1].max()), entry["file"]))
+            worst = max(worst, (float(errors["native"][-1].max()), view.path.name))
         count = sum(len(e) for e in errors["native"])
         row = f"{model:<17}{count:>7}"
         for precision in PRECISIONS:
