@@ -23,6 +23,7 @@ Evaluations: network passes (with the divergence) per point, the map's step-doub
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import io
@@ -31,6 +32,7 @@ import math
 import re
 import tempfile
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,7 @@ import torch
 
 from benchmarks.plonk_reference import (SIZES, authors_pipeline, describe_device, matmul_rate, our_network,
                                         point_flops, random_hub_folder, synchronize)
-from geodemo.likelihood import ODEField, accuracy_options, log_density
+from geodemo.likelihood import ODEField, ODEOptions, accuracy_options, log_density
 from geodemo.network import NetworkConfig
 from geodemo.processes import RiemannianFlowS2
 from geodemo.registry import lookup
@@ -115,6 +117,23 @@ def authors_run(pipe, emb: torch.Tensor, points: np.ndarray, device: str) -> tup
     return bits.double().cpu() * 3 * math.log(2), seconds, nfe  # it returns bits per dimension
 
 
+def accuracy_overrides(spec: str) -> tuple[str, dict]:
+    """'map:time_filter=False,steps=64' -> ('map', {'time_filter': False, 'steps': 64}): a preset and ODEOptions
+    overrides, each value read as a Python literal where it is one (else kept as text)."""
+    preset, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    unknown = set(options) - {f.name for f in fields(ODEOptions)}
+    if unknown:
+        raise SystemExit(f"unknown ODEOptions in {spec!r}: {sorted(unknown)}")
+    return preset, options
+
+
 def save_embeddings(path: Path, images: list[str]) -> None:
     """Embed images with the shipped models' encoder into {file stem: (1, C) tensor}."""
     import geodemo
@@ -130,7 +149,9 @@ def main() -> None:
     parser.add_argument("--embedding", help="FILE:KEY of the image embedding (shipped models)")
     parser.add_argument("--save-embeddings", nargs="+", metavar=("FILE", "IMAGE"), help="write embeddings and exit")
     parser.add_argument("--grids", nargs="+", type=float, default=[10, 5, 2, 1])
-    parser.add_argument("--accuracies", nargs="+", default=["default", "map"])
+    parser.add_argument("--accuracies", nargs="+", default=["default", "map"],
+                        help="presets, each optionally with ODEOptions overrides: NAME[:KEY=VALUE,...], "
+                             "e.g. map:time_filter=False")
     parser.add_argument("--no-authors", action="store_true")
     parser.add_argument("--batch", type=int, default=1024, help="diff-plonk's batch (compute_likelihood_grid's)")
     parser.add_argument("--measure-limit", type=int, default=70000)
@@ -155,7 +176,9 @@ def main() -> None:
     if cuda:
         rates["bf16"] = matmul_rate(device, torch.bfloat16, n=8192)
         rates["bf16x3"] = rates["bf16"] / 3
-    presets = {a: accuracy_options(a, device, radial=not on_sphere) for a in args.accuracies}
+    overrides = {spec: accuracy_overrides(spec) for spec in args.accuracies}
+    presets = {spec: replace(accuracy_options(preset, device, radial=not on_sphere), **options)
+               for spec, (preset, options) in overrides.items()}
     print(f"device: {card}; torch {torch.__version__}; model {args.model} (dim {model.config.dim}, depth "
           f"{model.config.depth}, weights sha256 {model.weights_sha}); matmul "
           + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items()), flush=True)
@@ -212,9 +235,10 @@ def main() -> None:
 
     errors = {}
     for name in args.accuracies:
-        logp, _, _ = model.log_density(ref_xyz.float(), accuracy=name)
+        preset, options = overrides[name]
+        logp, _, _ = model.log_density(ref_xyz.float(), accuracy=preset, **options)
         delta = (logp - exact).abs()
-        if name == "map":
+        if preset == "map":
             delta = delta[near]
         errors[name] = (float(delta.max()), float(delta.mean()))
     if authors is not None:
@@ -235,14 +259,14 @@ def main() -> None:
                     "max_err": errors["diff-plonk"][0], "mean_err": errors["diff-plonk"][1]})
         for name in args.accuracies:
             stride = max(1, math.ceil(len(grid) / args.measure_limit))
-            _, seconds, evals = model.log_density(xyz[:, ::stride], accuracy=name)
+            preset, options = overrides[name]
+            _, seconds, evals = model.log_density(xyz[:, ::stride], accuracy=preset, **options)
             seconds *= len(grid) / xyz[:, ::stride].shape[1]
-            preset = presets[name]
-            rate = rates["fp32" if preset.precision == "native" else preset.precision]
+            rate = rates["fp32" if presets[name].precision == "native" else presets[name].precision]
             floor = point_flops(model.config) * (1 + TANGENTS[geometry]) * evals * len(grid) / rate
             record({"grid_deg": res, "points": len(grid), "impl": "geodemo", "accuracy": name, "seconds": seconds,
                     "estimated": stride > 1, "evals_per_point": evals,
-                    "radial_nodes": 1 if on_sphere else preset.radial_nodes,
+                    "radial_nodes": 1 if on_sphere else presets[name].radial_nodes,
                     "max_err": errors[name][0], "mean_err": errors[name][1], "floor_s": floor,
                     "speedup": base / seconds if base else None})
 

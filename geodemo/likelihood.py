@@ -72,6 +72,9 @@ class ODEOptions:
     max_steps: int = 2048
     """Fixed-step solves with a check: doubling never goes past this many steps (nor the radial nodes past
     the same factor), whatever the check says: a bound on the time of one solve."""
+    time_filter: bool = True
+    """Fixed-step solves of a process with likelihood_time_filter average its time conditioning over each step
+    (filtered_modulations); False: the conditioning at the stage times, as the adaptive solvers take it."""
     screen_steps: int = 0
     """Fixed-step solves: solve every point with this many steps first, then with `steps` the points within
     RELEVANT_NATS + RELEVANCE_MARGIN of the highest one, and again those near the highest fully solved one until
@@ -279,8 +282,10 @@ class ODEField:
     """
 
     def __init__(self, network: GeoDenoiser, process: Process, schedule: Schedule, emb: torch.Tensor,
-                 guidance: float, on_sphere: bool, precision: Precision = "native", compile: bool = False):
+                 guidance: float, on_sphere: bool, precision: Precision = "native", compile: bool = False,
+                 time_filter: bool = True):
         self.network, self.process, self.schedule = network, process, schedule
+        self.time_filter = time_filter and process.likelihood_time_filter
         self.emb, self.guidance, self.on_sphere = emb, guidance, on_sphere
         self.tangent_pass: TangentPointPass | None = None
         if not isinstance(network, GeoDenoiser):
@@ -303,12 +308,12 @@ class ODEField:
         """FieldTerms at each of the 0-d times in times (K,), the modulations of all K in batched matmuls
         (geodemo.sampling.step_modulations), and so the tangent pass's folded first blocks. widths (K,): the steps'
         widths in t, over which a process with likelihood_time_filter averages the modulations
-        (filtered_modulations)."""
+        (filtered_modulations) unless the field was made with time_filter=False."""
         gamma, dgamma = self.schedule.gamma(times), self.schedule.dgamma(times)
         mods, first = [None] * len(times), [None] * len(times)
         if isinstance(self.network, GeoDenoiser):
             chunks = list(filtered_modulations(self.network, self.schedule, times, widths, self.emb, self.guidance)
-                          if widths is not None and self.process.likelihood_time_filter else
+                          if widths is not None and self.time_filter else
                           step_modulations(self.network, gamma, self.emb, self.guidance))
             mods = [mods for chunk in chunks for mods in chunk.unbind()]
             if self.tangent_pass:
@@ -431,7 +436,7 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     def solve(points: torch.Tensor, settings: ODEOptions) -> torch.Tensor:
         if process.on_sphere:
             field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", settings.precision,
-                             settings.compile)
+                             settings.compile, settings.time_filter)
 
             def sphere_log_density(pts: torch.Tensor) -> torch.Tensor:
                 _, int_div = _solve(field, pts, t_start, 1.0, settings.method, settings.atol, settings.rtol,
