@@ -439,7 +439,7 @@ def marginal_options(pipe: GeoPipeline, t: float, options: dict) -> dict:
     if isinstance(pipe.process, AmbientProcess):
         noise = pipe.process.signal_and_noise(_gamma(pipe, t))[1]
         options["radial_sigma"] = max(options.get("radial_sigma", DATA_END_SIGMA), noise)
-        if noise > DATA_END_SIGMA and options.get("radial_rule") == "hermite":
+        if noise > DATA_END_SIGMA and options.get("radial_rule") in ("hermite", "adaptive"):
             options.update(radial_rule="sinh", radial_nodes=SINH_NODES)  # the noised profile is not N(a, s^2)
     elif t > 0:
         options["t_start"] = t

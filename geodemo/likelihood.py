@@ -36,13 +36,17 @@ RUNGE_KUTTA = {
 FIXED_STEP_METHODS = tuple(RUNGE_KUTTA)
 MIN_RADIUS = 0.02
 """Smallest radius of the radial quadrature: a ray's quadrature never reaches the origin."""
-RadialRule = Literal["sinh", "hermite"]
-"""The radial quadrature of the R^3 processes: sinh-mapped Gauss-Legendre (any profile, many nodes) or
-Gauss-Hermite around the data radius (profiles near the noise level's Gaussian: few nodes)."""
+RadialRule = Literal["sinh", "hermite", "adaptive"]
+"""The radial quadrature of the R^3 processes: sinh-mapped Gauss-Legendre (any profile, many nodes), Gauss-Hermite
+around the data radius (profiles near the noise level's Gaussian: few nodes), or Gauss-Hermite around each ray's own
+mean radius and spread, measured by a pilot solve (adaptive_hermite: fewest nodes)."""
+PILOT_NODES, PILOT_STEPS = 5, 8
+"""The "adaptive" radial rule's pilot: a "hermite" quadrature of this many nodes, solved with this many RK4 steps (or
+the screening's steps), whose terms give each ray's profile moments (profile_moments)."""
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
 2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
-(fixed-step RK4 screened at 8 steps, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
+(fixed-step RK4 screened at 8 steps, 2 adaptive radial nodes, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
 10 nats of its maximum, measured on the shipped models' Nile view; up to 0.06-0.08 nats at samples of other views
 and 0.35 on earth-diffusion's Hawaii view, benchmarks/map_precision.py; CheckReport says when the check stopped
 unverified; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS; the
@@ -127,7 +131,7 @@ def accuracy_options(accuracy: Accuracy, device: torch.device | str, radial: boo
         return ODEOptions(atol=tolerance, rtol=tolerance, precision="bf16x3" if cuda else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 8192)
     if accuracy == "map":
-        return ODEOptions(method="rk4", steps=32, radial_nodes=4, radial_rule="hermite",
+        return ODEOptions(method="rk4", steps=32, radial_nodes=2, radial_rule="adaptive",
                           precision="bf16" if cuda or (radial and fast_bf16_cpu()) else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 4096, check_points=8, screen_steps=8,
                           max_steps=2048 if cuda else CPU_MAP_MAX_STEPS)
@@ -386,13 +390,38 @@ def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma:
             raise ValueError(f"{nodes} Gauss-Hermite nodes reach below radius {MIN_RADIUS}: use the 'sinh' rule")
         return t_start, radii, np.log(s * w) + x**2 / 2
     if rule != "sinh":
-        raise ValueError(f"radial_rule must be 'sinh' or 'hermite', got {rule!r}")
+        raise ValueError(f"radial_rule must be 'sinh' or 'hermite' here ('adaptive' takes adaptive_hermite), "
+                         f"got {rule!r}")
     x, w = np.polynomial.legendre.leggauss(nodes)
     lo, hi = math.asinh(max(-reach, (MIN_RADIUS - a) / s)), math.asinh(reach)
     u = lo + (x + 1) * (hi - lo) / 2
     radii = a + s * np.sinh(u)
     log_w = np.log(w * (hi - lo) / 2 * s * np.cosh(u))
     return t_start, radii, log_w
+
+
+def profile_moments(terms: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """(..., 2): each ray's mean radius c and spread h under its radial profile, from a quadrature's terms
+    log(w_k p(r_k u) r_k^2) (..., K) at radii (..., K): q = softmax(terms), c = sum_k q_k r_k, h^2 = sum_k q_k (r_k - c)^2."""
+    weights = torch.softmax(terms, dim=-1)
+    center = (weights * radii).sum(-1)
+    spread = (weights * (radii - center.unsqueeze(-1)).pow(2)).sum(-1).sqrt()
+    return torch.stack((center, spread), dim=-1)
+
+
+def adaptive_hermite(moments: torch.Tensor, nodes: int, noise_scale: float, signal: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(radii, log weights), each (..., nodes), of Gauss-Hermite around each ray's moments (..., 2) (profile_moments):
+    r = c + h x_k, w = h w_k exp(x_k^2 / 2), exact for a N(c, h^2) profile times a polynomial of degree < 2 nodes.
+    c is kept within 4 noise scales s of the data radius a and h within [s / 4, 4 s] (a degenerate pilot)."""
+    x, w = (torch.as_tensor(v, dtype=moments.dtype, device=moments.device)
+            for v in np.polynomial.hermite_e.hermegauss(nodes))
+    center = moments[..., :1].clamp(signal - 4 * noise_scale, signal + 4 * noise_scale)
+    spread = moments[..., 1:].nan_to_num(noise_scale).clamp(noise_scale / 4, 4 * noise_scale)
+    radii = center + spread * x
+    if radii.min() < MIN_RADIUS:
+        raise ValueError(f"{nodes} adaptive Gauss-Hermite nodes reach below radius {MIN_RADIUS}: use the 'sinh' rule")
+    return radii, spread.log() + (w.log() + x**2 / 2)
 
 
 @torch.no_grad()
@@ -405,7 +434,8 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
     geometry="riemannian" (RFM): field v(y/|y|) projected on the tangent plane, divergence on S^2, base 1/(4 pi).
     geometry="ambient" (RFM, the authors' convention): raw field and R^3 divergence; not normalised on S^2.
     R^3 processes: the density of the directions y/|y| at noise level sigma = radial_sigma (y = a x0 + sigma n),
-    p_S2(u) = int p_R3(r u) r^2 dr, by a radial rule around r = a (radial_quadrature).
+    p_S2(u) = int p_R3(r u) r^2 dr, by a radial rule around r = a (radial_quadrature) or, "adaptive", around each
+    ray's mean radius from a pilot solve (adaptive_hermite).
     accuracy: the preset of the solve for this device (accuracy_options); options override any ODEOptions field:
     method (a torchdiffeq solver, or "euler" / "midpoint" / "rk4" with `steps` fixed steps; adaptive solvers keep
     every point's error estimate within atol + rtol |state|, per_point_error_norm), radial_nodes / radial_rule,
@@ -433,7 +463,8 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
         raise ValueError("coordinates contain NaN or infinite values")
     emb = emb.to(xyz.dtype)
 
-    def solve(points: torch.Tensor, settings: ODEOptions) -> torch.Tensor:
+    def solve(points: torch.Tensor, settings: ODEOptions, moments: torch.Tensor | None = None) -> torch.Tensor:
+        """log p at points (B, M, 3); the "adaptive" radial rule takes the rays' profile moments (B, M, 2)."""
         if process.on_sphere:
             field = ODEField(network, process, schedule, emb, guidance, geometry == "riemannian", settings.precision,
                              settings.compile, settings.time_filter)
@@ -443,30 +474,51 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
                                     settings.steps)
                 return int_div - LOG_SPHERE_AREA
 
-            return _chunked(sphere_log_density, points, settings.chunk_size)
-        start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, settings.radial_nodes,
-                                                      rule=settings.radial_rule)
-        radii = torch.as_tensor(radii_np, dtype=points.dtype, device=points.device)
-        log_w = torch.as_tensor(log_w_np, dtype=points.dtype, device=points.device)
-        k = radii.numel()
+            return _chunked(sphere_log_density, settings.chunk_size, points)
+        return torch.logsumexp(radial_terms(points, settings, moments)[0], dim=-1)
 
-        def ray_log_density(pts: torch.Tensor) -> torch.Tensor:
-            rays = (pts.unsqueeze(2) * radii.view(1, 1, k, 1)).reshape(pts.shape[0], -1, 3)
+    def radial_terms(points: torch.Tensor, settings: ODEOptions, moments: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(terms log(w_k p_R3(r_k u) r_k^2), radii r_k), each (B, M, K), of an R^3 process's radial rule."""
+        if settings.radial_rule == "adaptive":
+            if moments is None:
+                raise ValueError("the 'adaptive' radial rule needs the rays' profile moments of a pilot solve")
+            start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
+            a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(start, dtype=torch.float64))))
+            radii, log_w = adaptive_hermite(moments.to(points.dtype), settings.radial_nodes, s, a)
+        else:
+            start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, settings.radial_nodes,
+                                                          rule=settings.radial_rule)
+            radii, log_w = (torch.as_tensor(v, dtype=points.dtype, device=points.device).expand(*points.shape[:2], -1)
+                            for v in (radii_np, log_w_np))
+        k = radii.shape[-1]
+
+        def ray_terms(pts: torch.Tensor, rad: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+            rays = (pts.unsqueeze(2) * rad.unsqueeze(-1)).reshape(pts.shape[0], -1, 3)
             log_r3 = r3_log_density(network, process, schedule, emb, rays, start, guidance, settings.method,
                                     settings.atol, settings.rtol, settings.steps, settings.precision, settings.compile)
-            return torch.logsumexp(log_r3.reshape(pts.shape[0], -1, k) + 2 * radii.log() + log_w, dim=-1)
+            return log_r3.reshape(pts.shape[0], -1, k) + 2 * rad.log() + weights
 
-        return _chunked(ray_log_density, points, max(1, settings.chunk_size // k))
+        return _chunked(ray_terms, max(1, settings.chunk_size // k), points, radii, log_w), radii
 
+    moments = None
+    if opts.radial_rule == "adaptive" and not process.on_sphere:
+        pilot = replace(opts, method="rk4", steps=opts.screen_steps or PILOT_STEPS, radial_rule="hermite",
+                        radial_nodes=PILOT_NODES)
+        terms, radii = radial_terms(xyz, pilot)
+        moments = profile_moments(terms, radii)
     if opts.method not in RUNGE_KUTTA:
-        return solve(xyz, opts)
-    logp = solve(xyz, replace(opts, steps=opts.screen_steps) if opts.screen_steps else opts)
+        return solve(xyz, opts, moments)
+    if opts.screen_steps and moments is not None:  # the pilot's quadrature is the screening
+        logp = torch.logsumexp(terms, dim=-1)
+    else:
+        logp = solve(xyz, replace(opts, steps=opts.screen_steps) if opts.screen_steps else opts, moments)
     solved = torch.full(logp.shape[1:], not opts.screen_steps, dtype=torch.bool, device=logp.device)
     while not solved.all():  # the screened points near the highest solved log p, until none is left near it
         near = ~solved & relevant_columns(logp, known_max, among=solved if solved.any() else None)
         if not near.any():
             break
-        logp[:, near] = solve(xyz[:, near], opts)
+        logp[:, near] = solve(xyz[:, near], opts, columns(moments, near))
         solved |= near
     first, failed_gap = opts, None
 
@@ -482,17 +534,18 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
                 record(failed_gap, False)
             break
         points = xyz.gather(1, index.unsqueeze(-1).expand(-1, -1, 3))
+        point_moments = None if moments is None else moments.gather(1, index.unsqueeze(-1).expand(-1, -1, 2))
         finest = replace(opts, **{k: v for change in candidates for k, v in change.items()})
-        finest_logp = solve(points, finest)
+        finest_logp = solve(points, finest, point_moments)
         gap = float((finest_logp - logp.gather(1, index)).abs().max())
         if gap <= opts.check_tolerance:
             record(gap, True)
             break
         failed_gap = gap
-        opts = cheapest_agreeing(solve, points, opts, candidates, finest, finest_logp) if len(candidates) > 1 \
-            else finest
+        opts = cheapest_agreeing(functools.partial(solve, moments=point_moments), points, opts, candidates, finest,
+                                 finest_logp) if len(candidates) > 1 else finest
         near = relevant_columns(logp, known_max)
-        logp[:, near] = solve(xyz[:, near], opts)
+        logp[:, near] = solve(xyz[:, near], opts, columns(moments, near))
     return logp
 
 
@@ -559,6 +612,11 @@ def check_indices(logp: torch.Tensor, count: int, known_max: torch.Tensor | None
     return torch.stack([r[:size] for r in rows])
 
 
-def _chunked(fn: Callable[[torch.Tensor], torch.Tensor], xyz: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Apply fn to chunks of at most chunk_size points along dim 1 and concatenate."""
-    return torch.cat([fn(part) for part in xyz.split(chunk_size, dim=1)], dim=1)
+def _chunked(fn: Callable[..., torch.Tensor], chunk_size: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """Apply fn to chunks of at most chunk_size points along dim 1 of the tensors (each (B, M, ...)) and concatenate."""
+    return torch.cat([fn(*parts) for parts in zip(*(t.split(chunk_size, dim=1) for t in tensors))], dim=1)
+
+
+def columns(values: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor | None:
+    """values[:, mask] for a (B, M, ...) tensor and an (M,) bool mask; None stays None."""
+    return None if values is None else values[:, mask]
