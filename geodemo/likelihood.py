@@ -91,17 +91,20 @@ class CheckReport:
     levels). gap: the largest disagreement (nats) at the check points between the settings kept and a finer solve
     of them, or, where the doubling bound (max_steps) stopped the doubling, between the last two settings tried;
     settled: every check agreed within its tolerance; steps / radial_nodes: the finest settings kept (0: none
-    checked; radial_nodes 0 on S^2)."""
+    checked; radial_nodes 0 on S^2); checks / unsettled: how many checks ended, and how many of them at the bound."""
 
     gap: float = 0.0
     settled: bool = True
     steps: int = 0
     radial_nodes: int = 0
+    checks: int = 0
+    unsettled: int = 0
 
     def record(self, gap: float, settled: bool, steps: int, radial_nodes: int) -> None:
         """One check's outcome for the settings kept."""
         self.gap, self.settled = max(self.gap, gap), self.settled and settled
         self.steps, self.radial_nodes = max(self.steps, steps), max(self.radial_nodes, radial_nodes)
+        self.checks, self.unsettled = self.checks + 1, self.unsettled + (not settled)
 
 
 CPU_MAP_MAX_STEPS = 64

@@ -180,13 +180,15 @@ def check_sentence(check: CheckReport) -> str:
     """The map's accuracy near its peak as its step-doubling checks measured it, said plainly."""
     settings = f"{check.steps} RK4 steps" + (f", {check.radial_nodes} radial nodes" if check.radial_nodes else "")
     halved = "half the steps" + (" or nodes" if check.radial_nodes else "")
+    counted = f"{check.checks} check{'s' if check.checks != 1 else ''} so far"
     if check.settled:
         finer = "twice the steps" + (" and nodes" if check.radial_nodes else "")
+        every = "at its check" if check.checks == 1 else f"at each of its {check.checks} checks"
         return (f"Map accuracy: near the peak, the map's solve ({settings}) agreed within {check.gap:.2f} nats with "
-                f"a solve of {finer} at every level.")
-    return (f"Map accuracy: not verified at every level. The step-doubling check stopped at this device's bound "
-            f"({settings}), where the solve still differed by up to {check.gap:.2f} nats near the peak from a solve "
-            f"with {halved}; the map shows the finer one, whose own error was not measured.")
+                f"a solve of {finer} {every} so far.")
+    return (f"Map accuracy: not verified at {check.unsettled} of {counted}. The step-doubling check stopped at this "
+            f"device's bound ({settings}), where the solve still differed by up to {check.gap:.2f} nats near the peak "
+            f"from a solve with {halved}; the map shows the finer one, whose own error was not measured.")
 
 
 def _format_latlon(lat: float, lon: float) -> str:

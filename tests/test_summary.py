@@ -123,14 +123,15 @@ def test_modes_are_sorted_by_probability_and_tiny_shares_are_not_listed():
 
 
 def test_the_map_accuracy_says_what_the_checks_measured():
-    settled = check_sentence(CheckReport(gap=0.012, settled=True, steps=32, radial_nodes=4))
+    settled = check_sentence(CheckReport(gap=0.012, settled=True, steps=32, radial_nodes=4, checks=3))
     assert "(32 RK4 steps, 4 radial nodes) agreed within 0.01 nats" in settled and "twice the steps and nodes" in settled
-    stopped = check_sentence(CheckReport(gap=0.47, settled=False, steps=64))
-    assert stopped.startswith("Map accuracy: not verified") and "(64 RK4 steps)" in stopped
+    assert settled.endswith("at each of its 3 checks so far.")
+    stopped = check_sentence(CheckReport(gap=0.47, settled=False, steps=64, checks=5, unsettled=2))
+    assert stopped.startswith("Map accuracy: not verified at 2 of 5 checks so far.") and "(64 RK4 steps)" in stopped
     assert "up to 0.47 nats" in stopped and "with half the steps;" in stopped and "nodes" not in stopped
     cells = next(progressive_density(lambda latlon: -latlon[:, 0].abs(), coarse_deg=30.0))
     samples = torch.tensor([[10.0, 20.0], [12.0, 21.0]], dtype=torch.float64)
-    shown = summarize(samples, cells=cells, map_check=CheckReport(gap=0.02, steps=32)).to_markdown()
+    shown = summarize(samples, cells=cells, map_check=CheckReport(gap=0.02, steps=32, checks=1)).to_markdown()
     assert "Map accuracy: near the peak, the map's solve (32 RK4 steps) agreed within 0.02 nats" in shown
     assert "Map accuracy" not in summarize(samples, cells=cells).to_markdown()
     assert summarize(samples, map_check=CheckReport(steps=32)).map_check is None  # no map, no map accuracy
