@@ -46,11 +46,11 @@ the screening's steps), whose terms give each ray's profile moments (profile_mom
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
 2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
-(fixed-step RK4 screened at 8 steps, 2 adaptive radial nodes, steps and radial nodes doubled as a check says: < 0.05 nats where log p is within
-10 nats of its maximum, measured on the shipped models' Nile view; up to 0.06-0.08 nats at samples of other views
-and 0.35 on earth-diffusion's Hawaii view, benchmarks/map_precision.py; CheckReport says when the check stopped
-unverified; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS; the
-blocks' products in bfloat16 on CUDA and on CPUs with bf16 instructions, fast_bf16_cpu)."""
+(fixed-step RK4 screened at 8 steps, 4 adaptive radial nodes, steps and radial nodes doubled as a check says: < 0.05
+nats where log p is within 10 nats of its maximum, measured at samples of the shipped models' 10 example views: up to
+0.059 (default), 0.038 (earth-flow) and 0.047 nats (earth-diffusion), benchmarks/map_precision.py; CheckReport says
+when the check stopped unverified; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS;
+the blocks' products in bfloat16 on CUDA and on CPUs with bf16 instructions, fast_bf16_cpu)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def accuracy_options(accuracy: Accuracy, device: torch.device | str, radial: boo
         return ODEOptions(atol=tolerance, rtol=tolerance, precision="bf16x3" if cuda else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 8192)
     if accuracy == "map":
-        return ODEOptions(method="rk4", steps=32, radial_nodes=2, radial_rule="adaptive",
+        return ODEOptions(method="rk4", steps=32, radial_nodes=4, radial_rule="adaptive",
                           precision="bf16" if cuda or (radial and fast_bf16_cpu()) else "native", compile=compiled,
                           chunk_size=1 << 17 if cuda else 4096, check_points=8, screen_steps=8,
                           max_steps=2048 if cuda else CPU_MAP_MAX_STEPS)

@@ -317,11 +317,11 @@ def test_step_doubling_stops_at_max_steps_whatever_the_check_says(monkeypatch, m
 
 
 def test_doublings_refine_one_axis_each_within_the_bound():
-    cpu = accuracy_options("map", "cpu")  # 32 steps, 2 radial nodes, at most 64 steps (so 4 nodes)
-    assert doublings(cpu, cpu, radial=True) == [{"steps": 64}, {"radial_nodes": 4}]
+    cpu = accuracy_options("map", "cpu")  # 32 steps, 4 radial nodes, at most 64 steps (so 8 nodes)
+    assert doublings(cpu, cpu, radial=True) == [{"steps": 64}, {"radial_nodes": 8}]
     assert doublings(cpu, cpu, radial=False) == [{"steps": 64}]
-    assert doublings(dataclasses.replace(cpu, radial_nodes=4), cpu, radial=True) == [{"steps": 64}]
-    assert doublings(dataclasses.replace(cpu, steps=64, radial_nodes=4), cpu, radial=True) == []
+    assert doublings(dataclasses.replace(cpu, radial_nodes=8), cpu, radial=True) == [{"steps": 64}]
+    assert doublings(dataclasses.replace(cpu, steps=64, radial_nodes=8), cpu, radial=True) == []
 
 
 def record_r3_solves(monkeypatch) -> list[tuple[int, int]]:
@@ -369,12 +369,12 @@ class ShellField(nn.Module):
 def test_adaptive_radial_rule_integrates_a_shifted_profile_with_two_nodes(monkeypatch):
     """Data on the sphere of radius 0.96 (radial profile 2 noise scales below the data radius): 4 Gauss-Hermite nodes
     around the data radius are 0.045 nats off the exact -log(4 pi) (measured), 2 nodes around each ray's own mean and
-    spread (from the 5-node pilot that screens) 0.005; the map's first check passes with them."""
+    spread (from the 5-node pilot that screens) 0.005; the map's first check passes with them (the preset takes 4)."""
     solves = record_r3_solves(monkeypatch)
     field, emb = ShellField(0.96), torch.zeros(1, 8)
     xyz = project(torch.randn(1, 12, 3, generator=torch.Generator().manual_seed(0)))
     report = CheckReport()
-    drawn = log_density(field, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", report=report)
+    drawn = log_density(field, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", radial_nodes=2, report=report)
     assert solves == [(8, likelihood.PILOT_NODES), (32, 2), (64, 4)]  # pilot = screen, solve, check
     assert report.settled and (report.steps, report.radial_nodes) == (32, 2)
     assert float((drawn + LOG_SPHERE_AREA).abs().max()) < 0.01
@@ -417,9 +417,9 @@ def test_r3_map_check_that_never_passes_doubles_both_axes_to_the_bound(monkeypat
     network, emb = random_network(dim=16, depth=1, cond_dim=8), torch.randn(1, 8)
     log_density(network, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", check_tolerance=-1.0, max_steps=64,
                 report=report)
-    assert solves == [(8, likelihood.PILOT_NODES), (32, 2), (64, 4), (64, 2), (32, 4), (64, 4)]
+    assert solves == [(8, likelihood.PILOT_NODES), (32, 4), (64, 8), (64, 4), (32, 8), (64, 8)]
     #                 pilot = screen, solve, check, each axis alone, re-solve, last check (fails at the bound)
-    assert not report.settled and report.gap > 0 and (report.steps, report.radial_nodes) == (64, 4)
+    assert not report.settled and report.gap > 0 and (report.steps, report.radial_nodes) == (64, 8)
     gap = report.gap
     log_density(network, FlowR3(), SCHEDULE, emb, xyz, accuracy="map", report=report)
     assert not report.settled and report.gap >= gap and report.checks == 2 and report.unsettled >= 1
