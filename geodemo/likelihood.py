@@ -375,6 +375,12 @@ def r3_log_density(network: GeoDenoiser, process: AmbientProcess, schedule: Sche
     return -0.5 * y1.pow(2).sum(-1) / var - 1.5 * math.log(2 * math.pi * var) + int_div
 
 
+def radial_scales(process: AmbientProcess, schedule: Schedule, radial_sigma: float) -> tuple[float, float, float]:
+    """(t_start, a, s): the time at which the noise scale s of y = a x0 + s n equals radial_sigma, and (a, s) there."""
+    t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
+    return t_start, *process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
+
+
 def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma: float, nodes: int, reach: float = 25.0,
                       rule: RadialRule = "sinh") -> tuple[float, np.ndarray, np.ndarray]:
     """(t_start, radii, log weights) for int f(r) dr ~ sum_k w_k f(r_k) at the noise level where the noise
@@ -384,8 +390,7 @@ def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma:
     "hermite": Gauss-Hermite nodes r = a + s x with weights s w exp(x^2 / 2): exact for a Gaussian N(a, s^2) profile
     times a polynomial of degree < 2 nodes, i.e. for the profile of the data on the sphere seen at noise s; a
     profile much wider than s (far tails of a trained model) is underestimated."""
-    t_start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
-    a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(t_start, dtype=torch.float64))))
+    t_start, a, s = radial_scales(process, schedule, radial_sigma)
     if rule == "hermite":
         x, w = np.polynomial.hermite_e.hermegauss(nodes)
         radii = a + s * x
@@ -405,7 +410,8 @@ def radial_quadrature(process: AmbientProcess, schedule: Schedule, radial_sigma:
 
 def profile_moments(terms: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
     """(..., 2): each ray's mean radius c and spread h under its radial profile, from a quadrature's terms
-    log(w_k p(r_k u) r_k^2) (..., K) at radii (..., K): q = softmax(terms), c = sum_k q_k r_k, h^2 = sum_k q_k (r_k - c)^2."""
+    log(w_k p(r_k u) r_k^2) (..., K) at radii (..., K): q = softmax(terms), c = sum_k q_k r_k,
+    h^2 = sum_k q_k (r_k - c)^2."""
     weights = torch.softmax(terms, dim=-1)
     center = (weights * radii).sum(-1)
     spread = (weights * (radii - center.unsqueeze(-1)).pow(2)).sum(-1).sqrt()
@@ -486,8 +492,7 @@ def log_density(network: GeoDenoiser, process: Process, schedule: Schedule, emb:
         if settings.radial_rule == "adaptive":
             if moments is None:
                 raise ValueError("the 'adaptive' radial rule needs the rays' profile moments of a pilot solve")
-            start = t_at_gamma(schedule, process.gamma_at_noise(radial_sigma))
-            a, s = process.signal_and_noise(float(schedule.gamma(torch.tensor(start, dtype=torch.float64))))
+            start, a, s = radial_scales(process, schedule, radial_sigma)
             radii, log_w = adaptive_hermite(moments.to(points.dtype), settings.radial_nodes, s, a)
         else:
             start, radii_np, log_w_np = radial_quadrature(process, schedule, radial_sigma, settings.radial_nodes,
