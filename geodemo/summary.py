@@ -7,8 +7,9 @@ Definitions (one home; the globe, the map, the summary, the CSV, the GeoJSON and
                    model's own density (w = 0, PLONK's NLL). Until those log-densities are known the best guess is
                    provisional: the guided sample of highest kernel density among the guided samples. Without
                    guided samples the pool is the drawn samples (the first K when only those were scored).
-  mode mass      = probability within `radius_km` of the mode: density mass of the map's sub-cells whose centre
-                   is inside, or the share of samples inside when no density is available. Sorted by mass.
+  mode mass      = probability within `radius_km` of the mode, each place counted for its nearest mode only (so
+                   the masses never add up to more than 1): density mass of the map's sub-cells whose centre is
+                   inside, or the share of samples find_modes gives it when no density is available. Sorted by mass.
   country odds   = integral of the density over each country (cells split into sub-cells, each looked up
                    in the shipped country raster), or the share of samples per country.
   localizability = mean over the scored drawn samples of log p(sample | image) (a negative-entropy estimate,
@@ -154,7 +155,8 @@ class Summary:
                 lines.append(f"(regions of the density at calibration temperature T = {self.region_temperature:.2f}, "
                              "fitted on held-out views so that they hold the truth as often as they say)")
             lines.append("")
-        lines.append(f"**Top modes** (probability within {MODE_RADIUS_KM:.0f} km, from the {self.source}):")
+        lines.append(f"**Top modes** (probability within {MODE_RADIUS_KM:.0f} km, each place counted for its nearest "
+                     f"mode, from the {self.source}):")
         lines += [f"{i}. {m.place.label()} — {m.probability:.0%}" + (" (holds the best guess)" if m.holds_best_guess
                                                                       else "") for i, m in enumerate(self.modes, 1)]
         lines.append("")
@@ -236,11 +238,13 @@ def country_odds_from_cells(cells: DensityCells, subdivisions: int = 8) -> np.nd
 
 
 def mass_near(cells: DensityCells, centres: torch.Tensor, radius_km: float, subdivisions: int = 8) -> list[float]:
-    """Share of the map's mass within radius_km of each (C, 2) centre, summed over sub-cells (sub_cells)."""
+    """Share of the map's mass within radius_km of each (C, 2) centre, summed over sub-cells (sub_cells), each
+    sub-cell counted for its nearest centre only: disjoint shares, which add up to at most 1."""
     pts, weights = sub_cells(cells, subdivisions)
     angle = angle_between(latlon_to_xyz(torch.as_tensor(centres, dtype=torch.float64)).unsqueeze(1),
                           latlon_to_xyz(torch.from_numpy(pts)).unsqueeze(0))
-    return ((angle * EARTH_RADIUS_KM <= radius_km).double() @ torch.from_numpy(weights)).tolist()
+    nearest = torch.nn.functional.one_hot(angle.argmin(dim=0), len(angle)).T.bool()
+    return (((angle * EARTH_RADIUS_KM <= radius_km) & nearest).double() @ torch.from_numpy(weights)).tolist()
 
 
 def country_odds_from_samples(samples: torch.Tensor) -> np.ndarray:

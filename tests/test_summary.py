@@ -12,8 +12,8 @@ from geodemo.adaptive_density import progressive_density
 from geodemo.places import countries, country_names, nearest_places
 from geodemo.metrics import kde_scores
 from geodemo.likelihood import CheckReport
-from geodemo.summary import (check_sentence, country_odds_from_cells, export_rows, find_modes, integral_sentence, summarize,
-                             to_csv, to_geojson)
+from geodemo.summary import (check_sentence, country_odds_from_cells, export_rows, find_modes, integral_sentence, mass_near,
+                             summarize, to_csv, to_geojson)
 from geodemo.sphere import latlon_to_xyz, sample_vmf, vmf_log_density, xyz_to_latlon
 
 
@@ -120,6 +120,17 @@ def test_modes_are_sorted_by_probability_and_tiny_shares_are_not_listed():
     assert abs(shares[0] - 0.8 * inside) < 0.03 and abs(shares[1] - 0.2 * inside) < 0.03
     assert all(c.probability >= 0.0005 for c in summary.countries)
     assert "0.0%" not in summary.to_markdown() and " — 0%" not in summary.to_markdown()
+
+
+def test_mode_masses_of_overlapping_discs_count_each_place_once():
+    """Two modes 400 km apart: their 500 km discs overlap, and each place counts for its nearer mode only, so the
+    masses add up to less than the two discs' masses (and to at most the map's), the mode nearer the peak the more."""
+    cells = list(progressive_density(vmf_at(0.0, 0.0, 400.0), coarse_deg=10.0, levels=4))[-1]
+    west, east = [0.0, -1.3], [0.0, 2.3]  # 400 km apart, the density's peak 145 km from the west mode
+    shares = mass_near(cells, torch.tensor([west, east], dtype=torch.float64), 500.0)
+    alone = [mass_near(cells, torch.tensor([centre], dtype=torch.float64), 500.0)[0] for centre in (west, east)]
+    assert shares[0] <= alone[0] and shares[1] <= alone[1] and shares[0] > shares[1] > 0
+    assert sum(shares) < sum(alone) - 0.05 and sum(shares) <= cells.total_mass() + 1e-9
 
 
 def test_the_map_accuracy_says_what_the_checks_measured():
