@@ -46,7 +46,7 @@ the screening's steps), whose terms give each ray's profile moments (profile_mom
 Accuracy = Literal["default", "map"]
 """The log-density presets: "default" adaptive dopri5, at least as accurate as the authors' solver and faster (H100:
 2e-6, bf16x3, compiled; 2-core CPU: 5e-7, float32; measured in benchmarks/README.md), "map" for drawing maps
-(fixed-step RK4 screened at 8 steps, 4 adaptive radial nodes, steps and radial nodes doubled as a check says: < 0.05
+(fixed-step RK4 screened at 8 steps, 4 adaptive radial nodes, steps and radial nodes doubled as a check says: ~0.05
 nats where log p is within 10 nats of its maximum, measured at samples of the shipped models' 10 example views: up to
 0.059 (default), 0.038 (earth-flow) and 0.047 nats (earth-diffusion), benchmarks/map_precision.py; CheckReport says
 when the check stopped unverified; over-estimated far below it; on a CPU the doubling stops at CPU_MAP_MAX_STEPS;

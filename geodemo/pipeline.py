@@ -171,9 +171,9 @@ class GeoPipeline:
     def log_density(self, latlon, images=None, embeddings=None, guidance: float = 0.0, accuracy: Accuracy = "default",
                     **ode_options) -> torch.Tensor:
         """log p(latlon | image) in nats per steradian, (B, M). latlon: (M, 2) shared or (B, M, 2) degrees.
-        accuracy: "default" (at least as accurate as the authors' solver) or "map" (fast: < 0.05 nats where log p is
-        within 10 nats of its maximum on the shipped models' Nile view, up to 0.35 nats on other views; pass
-        report=CheckReport() to learn what its check found); ode_options override the preset
+        accuracy: "default" (at least as accurate as the authors' solver) or "map" (fast: ~0.05 nats where log p is
+        within 10 nats of its maximum, measured at samples of the shipped models' example views: up to 0.059 nats;
+        pass report=CheckReport() to learn what its check found); ode_options override the preset
         (geodemo.likelihood.log_density)."""
         emb = self._embeddings(images, embeddings)
         points = torch.as_tensor(latlon, dtype=torch.float64)

@@ -48,8 +48,9 @@ GUIDED_CANDIDATES = 32
 (geodemo.summary: the best-guess rule)."""
 DENSITY_ODE = "map"
 """The log-density accuracy of maps and scored samples (geodemo.likelihood.accuracy_options): fixed-step RK4, within
-0.05 nats of the exact density where it is within 10 nats of its maximum on the shipped models' Nile view, up to
-0.35 nats elsewhere (benchmarks/README.md); each map's summary says what its check found (CheckReport)."""
+about 0.05 nats of the exact density where it is within 10 nats of its maximum, measured at samples of the shipped
+models' example views: up to 0.059 nats (benchmarks/README.md); each map's summary says what its check found
+(CheckReport)."""
 DENSITY_GUIDANCE = 0.0
 """The map and the likelihoods show the conditional model's density (w = 0, as PLONK's NLL): guidance is a
 sampling device that sharpens the samples, not a model of p(location | image); it also halves the cost."""
