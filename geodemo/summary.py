@@ -243,7 +243,7 @@ def mass_near(cells: DensityCells, centres: torch.Tensor, radius_km: float, subd
     pts, weights = sub_cells(cells, subdivisions)
     angle = angle_between(latlon_to_xyz(torch.as_tensor(centres, dtype=torch.float64)).unsqueeze(1),
                           latlon_to_xyz(torch.from_numpy(pts)).unsqueeze(0))
-    nearest = torch.nn.functional.one_hot(angle.argmin(dim=0), len(angle)).T.bool()
+    nearest = angle.argmin(dim=0) == torch.arange(len(angle)).unsqueeze(1)
     return (((angle * EARTH_RADIUS_KM <= radius_km) & nearest).double() @ torch.from_numpy(weights)).tolist()
 
 
