@@ -310,7 +310,8 @@ def locate(pipe: GeoPipeline, image: str | Path | LoadedImage, request: Request,
         summary = summarize(samples, drawn, cells, truth=truth, truth_source=truth_source, guided=guided,
                             guided_log_density=pool, sample_guidance=request.guidance,
                             point_guidance=POINT_GUIDANCE if guided is not None else None,
-                            region_temperature=pipe.region_temperature, map_check=check)
+                            region_temperature=pipe.region_temperature, map_check=check,
+                            scores_follow=likelihood != "none" and len(points) > 0)
         return Stage(samples, summary, guided=guided, sample_log_density=drawn, guided_log_density=pool, cells=cells,
                      **fields)
 

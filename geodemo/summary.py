@@ -121,11 +121,18 @@ class Summary:
     """The calibration temperature T the regions were drawn with: they are those of p^(1/T) (1 = of p)."""
     map_check: CheckReport | None = None
     """What the map's step-doubling checks found (None: no map, or no check ran)."""
+    scores_follow: bool = True
+    """While the best guess is provisional: whether this request's log-densities are still to come (False: it
+    computes none, so the densest guided sample stays the answer)."""
 
     @property
     def provisional(self) -> bool:
         """True while the best guess waits for the log-densities (the densest guided sample stands in)."""
         return self.best_guess_rule != "highest likelihood"
+
+    def pending_note(self) -> str:
+        """What becomes of a provisional best guess, said after it."""
+        return " (the likelihood ranking follows)" if self.scores_follow else " (no log-densities computed)"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +145,7 @@ class Summary:
         rule = ("provisional: the densest of " if self.provisional else "highest log-density (w = 0) of ")
         lines = [f"### Best guess: {self.best_guess_place.label()}", "",
                  f"{_format_latlon(lat, lon)} — {rule}{self.best_guess_pool}"
-                 + (" (the likelihood ranking follows)" if self.provisional else "") + f". Distribution: {drawn}.", ""]
+                 + (self.pending_note() if self.provisional else "") + f". Distribution: {drawn}.", ""]
         if self.truth is not None:
             lines.append(f"**True location ({self.truth_source or 'given'}):** "
                          f"{self.truth_place.label() if self.truth_place else ''} "
@@ -272,11 +279,12 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
               radius_km: float = MODE_RADIUS_KM, guided: torch.Tensor | None = None,
               guided_log_density: torch.Tensor | None = None, sample_guidance: float | None = None,
               point_guidance: float | None = None, region_temperature: float = 1.0,
-              map_check: CheckReport | None = None) -> Summary:
+              map_check: CheckReport | None = None, scores_follow: bool = True) -> Summary:
     """Summary of (N, 2) degree samples of one image, using the log-densities (K,) of the first K <= N samples
     and the density cells when given. guided: (G, 2) degrees drawn at point_guidance, the best guess's pool
     (with guided_log_density (G,) once known); without it the pool is the drawn samples. region_temperature: the
-    model's calibration T (GeoPipeline.region_temperature) for the credible regions."""
+    model's calibration T (GeoPipeline.region_temperature) for the credible regions. scores_follow: whether
+    log-densities are still to come for a provisional best guess (Summary.scores_follow)."""
     samples = torch.as_tensor(samples, dtype=torch.float64).reshape(-1, 2)
     if samples.shape[0] == 0:
         raise ValueError("no samples to summarise")
@@ -326,6 +334,7 @@ def summarize(samples: torch.Tensor, sample_log_density: torch.Tensor | None = N
         regions=region_summaries(cells, truth, temperature=region_temperature) if cells is not None else [],
         region_temperature=region_temperature,
         map_check=map_check if cells is not None else None,
+        scores_follow=scores_follow,
     )
     if truth is not None:
         true = torch.tensor(truth, dtype=torch.float64)

@@ -109,6 +109,7 @@ def test_example_view_brings_its_true_location(client):
         pytest.fail("assets/examples/ should ship example views")
     _, _, summary, _, _ = locate(client, examples[0])
     assert "True location" in summary and "GeoScore" in summary
+    assert "(no log-densities computed)" in summary and "follows" not in summary  # the map is off: none will come
 
 
 def truncated_jpeg(tmp_path) -> bytes:

@@ -90,6 +90,9 @@ def test_the_best_guess_comes_from_the_guided_pool_and_is_provisional_until_scor
     assert early.provisional and early.best_guess_rule == "densest point"
     assert early.best_guess == tuple(guided[int(kde_scores(guided).argmax())].tolist())
     assert "provisional" in early.to_markdown() and "5 guided samples (w = 2)" in early.to_markdown()
+    assert "(the likelihood ranking follows)" in early.to_markdown()
+    unscored = summarize(samples, guided=guided, sample_guidance=0.0, point_guidance=2.0, scores_follow=False)
+    assert "(no log-densities computed)" in unscored.to_markdown() and "follows" not in unscored.to_markdown()
     logp = torch.tensor([-5.0, 1.0, 0.5, 0.7, 3.0], dtype=torch.float64)  # the isolated last one is most likely
     scored = torch.zeros(10, dtype=torch.float64)
     late = summarize(samples, scored, guided=guided, guided_log_density=logp, sample_guidance=0.0,
